@@ -1,0 +1,88 @@
+"""The backend contract: the small surface every framework subpackage offers.
+
+``densenet_multi.torch``, ``.flax``, ``.keras`` and ``.gluon`` each export the
+same functions, so that the parity harness, the CLI and the notebooks treat
+all four alike. Everything crossing this boundary is canonical: numpy arrays,
+NCHW activations, OIHW kernels, (out, in) dense weights, torchvision names.
+
+``build(spec, *, device=None, seed=0) -> model``
+    The framework-native model (``nn.Module``, ``nnx.Module``, ``keras.Model``,
+    ``HybridBlock``) for ``spec``, with the framework's own initialisation.
+``load_canonical(model, params) -> None``
+    Copy canonical parameters (every trainable parameter *and* the BN running
+    statistics) into the model. Validates all keys/shapes first
+    (:func:`densenet_multi.params.validate_params`); nothing is copied when
+    anything is wrong.
+``export_canonical(model) -> dict[str, np.ndarray]``
+    The inverse: float32 numpy arrays in canonical names and layout, in
+    ``param_table`` order. ``export_canonical(load_canonical(p)) == p`` bit for bit.
+``run(model, x, *, train=False) -> ForwardOutput``
+    Forward an NCHW numpy batch. Returns logits and every stage of
+    ``spec.stage_names`` in NCHW, and in train mode (batch statistics) the
+    updated running statistics under their canonical names, in PyTorch's
+    convention (see the design notes on BatchNorm). Bad input raises
+    :class:`densenet_multi.spec.InputError`.
+``gradients(model, x, labels) -> GradOutput``
+    Loss (mean softmax cross-entropy of the logits against integer labels,
+    computed in train mode, i.e. with batch statistics) and its gradient with
+    respect to every trainable canonical parameter and to the input, canonical
+    names and layout.
+``train_steps(model, batches, *, lr, momentum) -> list[float]``
+    One SGD-with-momentum step per ``(x, labels)`` batch (train mode, no
+    weight decay, no Nesterov; PyTorch's update ``v = mu * v + g; p -= lr * v``),
+    returning the loss computed in each step before its update.
+``devices() -> list[str]``
+    The devices this backend can run on here ("cpu", "cuda"/"gpu").
+
+Dropout cannot agree across frameworks: parity runs use ``drop_rate = 0``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+
+from .reference import ForwardOutput
+
+__all__ = [
+    "BACKENDS",
+    "ForwardOutput",
+    "GradOutput",
+    "SGD_DEFAULTS",
+    "load_backend",
+]
+
+#: backend name -> (subpackage, framework, tox env)
+BACKENDS: dict[str, tuple[str, str, str]] = {
+    "torch": ("densenet_multi.torch", "PyTorch", "torch"),
+    "flax": ("densenet_multi.flax", "Flax NNX (JAX + optax)", "jax"),
+    "keras": ("densenet_multi.keras", "Keras 3 (TensorFlow)", "tensorflow"),
+    "gluon": ("densenet_multi.gluon", "MXNet Gluon", "mxnet"),
+}
+
+#: The optimizer every backend uses for the training-trajectory check.
+SGD_DEFAULTS = {"lr": 0.05, "momentum": 0.9}
+
+CONTRACT = ("build", "load_canonical", "export_canonical", "run", "gradients", "train_steps",
+            "devices")
+
+
+@dataclass
+class GradOutput:
+    loss: float
+    params: dict[str, np.ndarray]  # canonical name -> gradient, canonical layout
+    input: np.ndarray  # d loss / d x, NCHW
+
+
+def load_backend(name: str) -> ModuleType:
+    """Import a backend subpackage by its short name, checking it offers the contract."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; known backends are {sorted(BACKENDS)}")
+    mod = importlib.import_module(BACKENDS[name][0])
+    missing = [f for f in CONTRACT if not callable(getattr(mod, f, None))]
+    if missing:
+        raise ImportError(f"backend {name!r} ({mod.__name__}) lacks {missing}")
+    return mod
