@@ -1,0 +1,128 @@
+"""The tolerance policy and the comparison every test and the parity harness use.
+
+Errors are measured relative to the *magnitude* of the expected values:
+``max|a - b| / max(|b|)`` per tensor (a float32 network's rounding error
+scales with the size of the numbers it carries, not with each element, so an
+element-wise relative error is meaningless where values cross zero). The
+three official DenseNet-121s (torchvision, keras.applications, Gluon zoo)
+agree to within 2e-6 of the largest magnitude at every stage in float32
+(design notes); our NumPy reference agrees with itself in float32 vs float64
+to within 1e-6 on DenseNet-121. The tolerances below leave a margin of about
+5x over what we measure, and never more: a looser float32 tolerance would hide
+real bugs, such as a wrong BN epsilon (1e-5 vs 1.001e-5 moves the outputs by
+about 1e-6 relative only after many layers) -- which is why that difference is
+a spec field, not a tolerance.
+
+One table, one place: :data:`TOLERANCES` maps (check, dtype) to the allowed
+relative error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["TOLERANCES", "Comparison", "compare", "assert_close", "assert_all_close", "tolerance"]
+
+#: (check, dtype) -> max allowed ``max|a-b| / max|b|``.
+TOLERANCES: dict[tuple[str, str], float] = {
+    # forward in eval mode: logits and every stage output
+    ("eval", "float32"): 1e-5,
+    ("eval", "float64"): 1e-12,
+    # forward in train mode (batch statistics): small batches divide by small
+    # variances, which amplifies float32 rounding a little
+    ("train", "float32"): 5e-5,
+    ("train", "float64"): 1e-11,
+    # updated running statistics after one train-mode forward
+    ("running", "float32"): 1e-5,
+    ("running", "float64"): 1e-12,
+    # gradients of the loss w.r.t. every parameter and the input
+    ("grad", "float32"): 1e-4,
+    ("grad", "float64"): 1e-10,
+    # losses and final weights after K SGD steps
+    ("trajectory", "float32"): 1e-4,
+    ("trajectory", "float64"): 1e-10,
+    # weight copying through a backend and back: bit-exact
+    ("copy", "float32"): 0.0,
+    ("copy", "float64"): 0.0,
+    # the same backend on GPU vs CPU (TF32 off)
+    ("device", "float32"): 1e-4,
+    ("device", "float64"): 1e-10,
+}
+
+
+def tolerance(check: str, dtype: str | np.dtype = "float32") -> float:
+    key = (check, str(np.dtype(dtype)))
+    if key not in TOLERANCES:
+        raise KeyError(f"no tolerance for check {check!r} in {key[1]}; known: {sorted(TOLERANCES)}")
+    return TOLERANCES[key]
+
+
+@dataclass
+class Comparison:
+    name: str
+    shape_ok: bool
+    actual_shape: tuple[int, ...]
+    expected_shape: tuple[int, ...]
+    max_abs: float
+    scale: float  # max |expected|
+    rel: float  # max_abs / scale (max_abs if scale == 0)
+    tol: float
+
+    @property
+    def ok(self) -> bool:
+        return self.shape_ok and bool(np.isfinite(self.rel)) and self.rel <= self.tol
+
+    def __str__(self) -> str:
+        if not self.shape_ok:
+            return f"{self.name}: shape {self.actual_shape} != expected {self.expected_shape}"
+        return (f"{self.name}: max abs err {self.max_abs:.3g}, max |expected| {self.scale:.3g}, "
+                f"rel {self.rel:.3g} (tol {self.tol:.1g})")
+
+
+def compare(name: str, actual, expected, tol: float) -> Comparison:
+    a = np.asarray(actual)
+    b = np.asarray(expected)
+    if a.shape != b.shape:
+        return Comparison(name, False, a.shape, b.shape, np.inf, np.nan, np.inf, tol)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    max_abs = float(np.max(np.abs(a64 - b64))) if a.size else 0.0
+    if a.size and not (np.all(np.isfinite(a64)) and np.all(np.isfinite(b64))):
+        max_abs = np.inf if not np.array_equal(a64, b64, equal_nan=True) else 0.0
+    scale = float(np.max(np.abs(b64))) if b.size else 0.0
+    rel = max_abs / scale if scale > 0 else max_abs
+    return Comparison(name, True, a.shape, b.shape, max_abs, scale, rel, tol)
+
+
+def assert_close(actual, expected, check: str = "eval", dtype="float32", name: str = "") -> Comparison:
+    """Assert ``actual`` equals ``expected`` within :func:`tolerance` (check, dtype)."""
+    c = compare(name or check, actual, expected, tolerance(check, dtype))
+    if not c.ok:
+        raise AssertionError(str(c))
+    return c
+
+
+def assert_all_close(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray],
+                     check: str = "eval", dtype="float32", order=None) -> dict[str, Comparison]:
+    """Compare two dicts key by key, in ``order`` (default: expected's); report the *first*
+    failing key with its errors, plus missing/extra keys."""
+    missing = [k for k in expected if k not in actual]
+    extra = [k for k in actual if k not in expected]
+    if missing or extra:
+        raise AssertionError(f"keys differ: missing {missing[:8]}, unexpected {extra[:8]}")
+    out = {}
+    tol = tolerance(check, dtype)
+    failures = []
+    for k in order or expected:
+        c = compare(k, actual[k], expected[k], tol)
+        out[k] = c
+        if not c.ok:
+            failures.append(c)
+    if failures:
+        worst = max(failures, key=lambda c: c.rel)
+        raise AssertionError(
+            f"{len(failures)} of {len(out)} {check} comparisons fail; first: {failures[0]}; "
+            f"worst: {worst}")
+    return out
