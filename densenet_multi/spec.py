@@ -483,7 +483,10 @@ def check_input_shape(spec: DenseNetSpec, shape: tuple[int, ...], layout: str = 
     if shape[0] < 1:
         raise InputError(f"expected a non-empty batch of shape {want}, got shape {shape}")
     h, w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
-    spec.stage_shapes(h, w)  # raises with the smallest size that works
+    try:
+        spec.stage_shapes(h, w)
+    except InputError as e:  # add the batch's shape to the smallest size that works
+        raise InputError(f"{layout} batch of shape {shape}: {e}") from None
 
 
 def check_input_dtype(dtype: Any, allowed: tuple[str, ...] = ("float32", "float64")) -> None:
