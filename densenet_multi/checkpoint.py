@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .params import ParameterError, validate_params
+from .params import ParameterError, param_table, validate_params
 from .spec import DenseNetSpec, SpecError
 
 __all__ = ["CheckpointError", "save", "load", "read_spec", "METADATA_KEY"]
@@ -144,4 +144,5 @@ def load(
         validate_params(spec, params, dtype=dtype, what=f"the tensors in {path}")
     except ParameterError as e:
         raise CheckpointError(str(e)) from None
-    return params, spec
+    # safetensors stores keys sorted; hand them back in state_dict order
+    return {p.name: params[p.name] for p in param_table(spec)}, spec

@@ -401,7 +401,7 @@ class DenseNetSpec:
                 chans.append(plan.transitions[b.index - 1].out_channels)
         names = self.stage_names
         shapes: dict[str, tuple[int, ...]] = {}
-        for name, c, h, w in zip(names, chans, hs, ws):
+        for name, c, h, w in zip(names, chans, hs, ws, strict=False):
             shapes[name] = (c, h, w)
         shapes["features"] = (plan.final_channels, hs[-1], ws[-1])
         shapes["pooled"] = (plan.final_channels,)

@@ -49,7 +49,8 @@ def naive_bn(x, P, name, eps, train, mom, running):
         mean, var = P[name + ".running_mean"], P[name + ".running_var"]
     out = np.empty_like(x)
     for c in range(x.shape[1]):
-        out[:, c] = (x[:, c] - mean[c]) / np.sqrt(var[c] + eps) * P[name + ".weight"][c] + P[name + ".bias"][c]
+        gamma, beta = P[name + ".weight"][c], P[name + ".bias"][c]
+        out[:, c] = (x[:, c] - mean[c]) / np.sqrt(var[c] + eps) * gamma + beta
     return out
 
 
