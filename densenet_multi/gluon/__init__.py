@@ -1,1 +1,45 @@
+"""MXNet Gluon backend (MXNet 1.9): DenseNet as ``HybridBlock``s and the backend contract.
 
+Only this subpackage imports mxnet. See ``docs/backends/gluon.md`` for the
+conventions (BN momentum, BatchNorm's update in the backward pass, the model
+zoo's fixed 7x7 head).
+"""
+
+from .convert import export_canonical, from_zoo, load_canonical, to_zoo
+from .densenet import (
+    ConvBlock,
+    DenseBlock,
+    DenseLayer,
+    DenseNet,
+    Stem,
+    Transition,
+    densenet121,
+    densenet161,
+    densenet169,
+    densenet201,
+    from_spec,
+)
+from .runtime import build, devices, gradients, run, train_steps
+
+__all__ = [
+    "ConvBlock",
+    "DenseLayer",
+    "DenseBlock",
+    "Transition",
+    "Stem",
+    "DenseNet",
+    "densenet121",
+    "densenet161",
+    "densenet169",
+    "densenet201",
+    "from_spec",
+    "build",
+    "load_canonical",
+    "export_canonical",
+    "run",
+    "gradients",
+    "train_steps",
+    "devices",
+    "from_zoo",
+    "to_zoo",
+]
