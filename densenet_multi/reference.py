@@ -120,23 +120,50 @@ def batch_norm(
 
 # ---------------------------------------------------------------------- the parts
 class _Ctx:
+    """The operations the network is made of, on plain arrays.
+
+    The parts below call only these methods, so that :class:`_GradCtx` can run
+    the very same code while recording what it needs for the backward pass.
+    """
+
     def __init__(self, spec: DenseNetSpec, p: Mapping[str, np.ndarray], train: bool):
         self.spec, self.p, self.train = spec, p, train
         self.running: dict[str, np.ndarray] | None = {} if train else None
 
-    def bn(self, x: np.ndarray, prefix: str) -> np.ndarray:
+    def bn(self, x, prefix: str):
         return batch_norm(x, self.p, prefix, self.spec, self.train, self.running)
 
-    def conv(self, x: np.ndarray, prefix: str, geom: ConvGeometry) -> np.ndarray:
+    def conv(self, x, prefix: str, geom: ConvGeometry):
         return conv2d(x, self.p[f"{prefix}.weight"], self.p.get(f"{prefix}.bias"), geom)
 
+    def relu(self, x):
+        return relu(x)
 
-def conv_block(ctx: _Ctx, x: np.ndarray, norm: str, conv: str, geom: ConvGeometry) -> np.ndarray:
+    def max_pool(self, x, geom: ConvGeometry):
+        return max_pool(x, geom)
+
+    def avg_pool(self, x, geom: ConvGeometry):
+        return avg_pool(x, geom)
+
+    def concat(self, xs):
+        return np.concatenate(xs, axis=1)
+
+    def global_pool(self, x):
+        return x.mean(axis=(2, 3))
+
+    def linear(self, x, prefix: str):
+        return x @ self.p[f"{prefix}.weight"].T + self.p[f"{prefix}.bias"]
+
+    def value(self, x) -> np.ndarray:
+        return x
+
+
+def conv_block(ctx: _Ctx, x, norm: str, conv: str, geom: ConvGeometry):
     """BN -> ReLU -> conv: the pre-activation unit every DenseNet part is made of."""
-    return ctx.conv(relu(ctx.bn(x, norm)), conv, geom)
+    return ctx.conv(ctx.relu(ctx.bn(x, norm)), conv, geom)
 
 
-def dense_layer(ctx: _Ctx, x: np.ndarray, prefix: str) -> np.ndarray:
+def dense_layer(ctx: _Ctx, x, prefix: str):
     """H_l: [BN-ReLU-1x1 conv (bottleneck)] -> BN-ReLU-3x3 conv, giving k new feature maps."""
     s = ctx.spec
     if s.has_bottleneck:
@@ -145,20 +172,58 @@ def dense_layer(ctx: _Ctx, x: np.ndarray, prefix: str) -> np.ndarray:
     return conv_block(ctx, x, f"{prefix}.norm", f"{prefix}.conv", s.growth_conv)
 
 
-def dense_block(ctx: _Ctx, x: np.ndarray, block: int, num_layers: int) -> np.ndarray:
+def dense_block(ctx: _Ctx, x, block: int, num_layers: int):
     """Each layer sees the concatenation of the block input and every earlier layer's output."""
     for l in range(1, num_layers + 1):
         new = dense_layer(ctx, x, f"features.denseblock{block}.denselayer{l}")
-        x = np.concatenate([x, new], axis=1)
+        x = ctx.concat([x, new])
     return x
 
 
-def transition(ctx: _Ctx, x: np.ndarray, index: int) -> np.ndarray:
+def transition(ctx: _Ctx, x, index: int):
     """BN -> ReLU -> 1x1 conv (compression) -> 2x2/2 average pool."""
     s = ctx.spec
     pre = f"features.transition{index}"
     y = conv_block(ctx, x, f"{pre}.norm", f"{pre}.conv", s.transition_conv)
-    return avg_pool(y, s.transition_pool)
+    return ctx.avg_pool(y, s.transition_pool)
+
+
+def densenet(ctx: _Ctx, x):
+    """The whole network; returns (logits, stages) in ``ctx``'s value type."""
+    spec = ctx.spec
+    stages = {}
+    y = ctx.conv(x, "features.conv0", spec.stem_conv)
+    if spec.stem_pool is not None:
+        y = ctx.max_pool(ctx.relu(ctx.bn(y, "features.norm0")), spec.stem_pool)
+    stages["stem"] = y
+
+    for bp in spec.channel_plan.blocks:
+        y = dense_block(ctx, y, bp.index, bp.num_layers)
+        stages[f"block{bp.index}"] = y
+        if bp.index < spec.num_blocks:
+            y = transition(ctx, y, bp.index)
+            stages[f"transition{bp.index}"] = y
+
+    # The final BN-ReLU belongs to the features (torchvision applies the ReLU in
+    # forward() after features.norm5; we report the tensor after it).
+    y = ctx.relu(ctx.bn(y, "features.norm5"))
+    stages["features"] = y
+    pooled = ctx.global_pool(y)  # global average pooling: any input size
+    stages["pooled"] = pooled
+    logits = ctx.linear(pooled, "classifier")
+    stages["logits"] = logits
+    return logits, stages
+
+
+def _prepare(spec, params, x, dtype, check):
+    x = np.asarray(x)
+    check_input_dtype(x.dtype)
+    check_input_shape(spec, x.shape, "NCHW")
+    dt = np.dtype(dtype or x.dtype)
+    if check:
+        validate_params(spec, params, dtype=None)
+    p = {k: np.asarray(v, dtype=dt) for k, v in params.items()}
+    return p, x.astype(dt, copy=False)
 
 
 def forward(
@@ -176,38 +241,9 @@ def forward(
     Returns logits, every stage output and, in train mode, the updated running
     statistics (canonical names).
     """
-    x = np.asarray(x)
-    check_input_dtype(x.dtype)
-    check_input_shape(spec, x.shape, "NCHW")
-    dt = np.dtype(dtype or x.dtype)
-    if check:
-        validate_params(spec, params, dtype=None)
-    p = {k: np.asarray(v, dtype=dt) for k, v in params.items()}
-    x = x.astype(dt, copy=False)
+    p, x = _prepare(spec, params, x, dtype, check)
     ctx = _Ctx(spec, p, train)
-    stages: dict[str, np.ndarray] = {}
-
-    # stem
-    y = ctx.conv(x, "features.conv0", spec.stem_conv)
-    if spec.stem_pool is not None:
-        y = max_pool(relu(ctx.bn(y, "features.norm0")), spec.stem_pool)
-    stages["stem"] = y
-
-    for bp in spec.channel_plan.blocks:
-        y = dense_block(ctx, y, bp.index, bp.num_layers)
-        stages[f"block{bp.index}"] = y
-        if bp.index < spec.num_blocks:
-            y = transition(ctx, y, bp.index)
-            stages[f"transition{bp.index}"] = y
-
-    # The final BN-ReLU belongs to the features (torchvision applies the ReLU in
-    # forward() after features.norm5; we report the tensor after it).
-    y = relu(ctx.bn(y, "features.norm5"))
-    stages["features"] = y
-    pooled = y.mean(axis=(2, 3))  # global average pooling: any input size
-    stages["pooled"] = pooled
-    logits = pooled @ p["classifier.weight"].T + p["classifier.bias"]
-    stages["logits"] = logits
+    logits, stages = densenet(ctx, x)
     return ForwardOutput(logits=logits, stages=stages, running=ctx.running)
 
 
