@@ -1,0 +1,181 @@
+"""Parity cases: which network, which input, which checks.
+
+A :class:`Case` is everything a worker needs to reproduce one comparison: a
+spec (a preset name, optionally with changed fields, or a full spec dict), an
+input size and batch, a seed (weights, inputs, labels and training batches
+all derive from it), a dtype, a device and the list of checks.
+
+Weights are ``params.init_params(spec, seed, nontrivial_bn=True)``: BN scale,
+shift and running statistics are drawn, not 1/0/0/1, so that an eval-mode
+forward exercises every one of them (a backend that ignored the running
+statistics, or swapped mean and variance, fails).
+
+This module imports only numpy and densenet_multi: the worker imports it in
+every backend's interpreter, MXNet's numpy 1.23 included.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ..params import init_params
+from ..spec import DenseNetSpec, get_spec
+
+__all__ = ["CHECKS", "Case", "DEFAULT_CASES", "DEVICES", "get_cases", "make_inputs"]
+
+#: Every check, in the order the report lists them.
+#: ``device`` (GPU vs CPU) runs only for cases whose device is "cuda".
+CHECKS: tuple[str, ...] = ("shapes", "eval", "train", "grad", "trajectory", "copy", "device")
+
+#: What each check compares, for ``--help``, the report and docs/parity.md.
+CHECK_DOC: dict[str, str] = {
+    "shapes": "every stage's output shape vs spec.stage_shapes (model as built, before loading)",
+    "eval": "eval-mode forward: every stage and the logits vs the float64 reference and pairwise",
+    "train": "train-mode forward (batch statistics): every stage, then the updated running stats",
+    "grad": "loss and its gradient w.r.t. every canonical parameter (depth order) and the input",
+    "trajectory": "K SGD-momentum steps: the K losses and the final trainable weights",
+    "copy": "canonical -> A -> canonical (and -> B -> canonical for every pair) is bit-exact",
+    "device": "the same backend on the GPU vs on the CPU (TF32 off unless --allow-tf32)",
+}
+
+DEVICES = ("cpu", "cuda")
+_DEVICE_ALIASES = {"cpu": "cpu", "cuda": "cuda", "gpu": "cuda"}
+
+
+def normalize_device(device: str) -> str:
+    try:
+        return _DEVICE_ALIASES[device.lower()]
+    except KeyError:
+        raise ValueError(f"unknown device {device!r}; use one of cpu, cuda (alias gpu)") from None
+
+
+@dataclass(frozen=True)
+class Case:
+    """One parity case.
+
+    ``spec`` is a preset name (with ``changes`` applied) or a full spec dict
+    (:meth:`DenseNetSpec.to_dict`). ``input_size`` is (H, W). ``steps`` is K,
+    the number of SGD steps of the trajectory check.
+    """
+
+    name: str
+    spec: str | Mapping[str, Any]
+    input_size: tuple[int, int]
+    changes: Mapping[str, Any] = field(default_factory=dict)
+    batch: int = 2
+    seed: int = 0
+    dtype: str = "float32"
+    device: str = "cpu"
+    checks: tuple[str, ...] = CHECKS[:-1]
+    steps: int = 3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_size", tuple(int(s) for s in self.input_size))
+        object.__setattr__(self, "checks", tuple(self.checks))
+        object.__setattr__(self, "changes", dict(self.changes))
+        object.__setattr__(self, "device", normalize_device(self.device))
+        unknown = [c for c in self.checks if c not in CHECKS]
+        if unknown:
+            raise ValueError(f"case {self.name!r}: unknown check(s) {unknown}; known: {CHECKS}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"case {self.name!r}: dtype must be float32 or float64")
+        if self.batch < 2 and "train" in self.checks:
+            raise ValueError(f"case {self.name!r}: train mode needs a batch of at least 2")
+        # Fail early on a bad spec or an input too small for it.
+        self.build_spec().stage_shapes(*self.input_size)
+
+    def build_spec(self) -> DenseNetSpec:
+        if isinstance(self.spec, str):
+            return get_spec(self.spec, **self.changes)
+        spec = DenseNetSpec.from_dict(self.spec)
+        return spec.replace(**self.changes) if self.changes else spec
+
+    def with_(self, **changes: Any) -> Case:
+        return replace(self, **changes)
+
+    def has(self, check: str) -> bool:
+        return check in self.checks
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "spec": self.spec if isinstance(self.spec, str) else dict(self.spec),
+            "changes": dict(self.changes),
+            "input_size": list(self.input_size),
+            "batch": self.batch,
+            "seed": self.seed,
+            "dtype": self.dtype,
+            "device": self.device,
+            "checks": list(self.checks),
+            "steps": self.steps,
+            "resolved_spec": self.build_spec().to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Case:
+        d = {k: v for k, v in d.items() if k != "resolved_spec"}
+        return cls(**d)
+
+    def describe(self) -> str:
+        h, w = self.input_size
+        return (f"{self.name}: {self.build_spec().describe()} @ {self.batch}x{h}x{w} "
+                f"{self.dtype}, seed {self.seed}, {self.device}")
+
+
+# The shipped cases. All have drop_rate 0 (dropout cannot agree across
+# frameworks) and batch 2. DenseNet-121 at 224x224 is by far the most
+# expensive (about 80% of the run's time): the checks that compare values
+# run on it all the same, because 224 is where the ImageNet zoo weights live
+# and where a fixed 7x7 pooling head would still pass at 224 only.
+DEFAULT_CASES: tuple[Case, ...] = (
+    Case("d2l", "d2l", (96, 96), changes={"drop_rate": 0.0}),
+    Case("densenet121", "densenet121", (224, 224), changes={"drop_rate": 0.0}),
+    Case("densenet_bc_100_k12", "densenet_bc_100_k12", (32, 32), changes={"drop_rate": 0.0}),
+    Case("densenet40_k12", "densenet40_k12", (32, 32), changes={"drop_rate": 0.0}),
+)
+
+
+def get_cases(names: Sequence[str] | None = None) -> list[Case]:
+    """The shipped cases, optionally only ``names`` (in the order given)."""
+    by_name = {c.name: c for c in DEFAULT_CASES}
+    if not names:
+        return list(DEFAULT_CASES)
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ValueError(f"unknown case(s) {unknown}; shipped cases are {sorted(by_name)}")
+    return [by_name[n] for n in names]
+
+
+def load_case_file(path: str) -> list[Case]:
+    """Cases from a JSON file: a list of :meth:`Case.to_dict`-style objects."""
+    with open(path) as f:
+        data = json.load(f)
+    if isinstance(data, dict):
+        data = [data]
+    return [Case.from_dict(d) for d in data]
+
+
+def make_weights(case: Case) -> dict[str, np.ndarray]:
+    return init_params(case.build_spec(), case.seed, nontrivial_bn=True, dtype=case.dtype)
+
+
+def make_inputs(case: Case) -> dict[str, np.ndarray]:
+    """Seeded inputs: ``x`` (N, C, H, W), integer ``labels`` (N,), and for the
+    trajectory check ``traj_x`` (K, N, C, H, W) and ``traj_labels`` (K, N)."""
+    spec = case.build_spec()
+    h, w = case.input_size
+    n, k = case.batch, case.steps
+    # A stream of its own, so the inputs don't depend on how many weights the spec has.
+    rng = np.random.Generator(np.random.PCG64([case.seed, 1]))
+    shape = (n, spec.in_channels, h, w)
+    return {
+        "x": rng.standard_normal(shape).astype(case.dtype),
+        "labels": rng.integers(0, spec.num_classes, size=n).astype(np.int64),
+        "traj_x": rng.standard_normal((k, *shape)).astype(case.dtype),
+        "traj_labels": rng.integers(0, spec.num_classes, size=(k, n)).astype(np.int64),
+    }

@@ -1,0 +1,258 @@
+"""Fake backends in NumPy, built on densenet_multi.reference, some with deliberate bugs.
+
+Each module-level object below offers the backend contract (build,
+load_canonical, export_canonical, run, gradients, train_steps, devices) and
+is run by the real runner and worker in a subprocess
+(``--backends NAME=tests/parity/fake_backends.py:OBJECT``), so the tests
+exercise the whole harness. The bugs are the mistakes real ports make:
+
+* ``same_padding``: TensorFlow-style "same" padding at the stride-2 stem conv
+  (pads (2, 3)) and max-pool (pads (0, 1)) instead of the spec's symmetric
+  padding. Same shapes, different numbers from the stem on.
+* ``initial_width``: every transition's width computed from the *initial*
+  width (num_init_features + layers * k) instead of the running one: on d2l,
+  96/96/96 instead of 96/112/120. Shapes fail first at transition2.
+* ``momentum_convention``: BN momentum 0.9 used as PyTorch's 0.1 (the Keras
+  value plugged into PyTorch's formula). Eval and the train-mode outputs are
+  right; only the updated running statistics are wrong.
+* ``hwio_reshape``: a channels-last backend whose converter *reshapes* OIHW
+  kernels to HWIO instead of transposing them (and reshapes back on export,
+  so its own round trip is exact). Eval fails at the stem.
+* ``hwio_reshape_export``: the same reshape on load, but a correct transpose
+  on export: the copy check fails too.
+* ``int_rounding``: transition width ``int(n * theta)`` whatever the spec's
+  rounding rule (wrong when the spec says "ceil" and the width is odd).
+* ``grad_bug``: right forward, but the gradient of the transition1 kernel is
+  scaled by 1.01 (its pseudo-gradient; see below).
+
+``gradients`` / ``train_steps``: ``good`` and most fakes raise
+NotImplementedError (a real backprop in NumPy is not the point here).
+``pseudo`` and ``grad_bug`` instead return a deterministic stand-in gradient
+(a fixed function of the weights, scaled by the true loss), so the pairwise
+gradient and trajectory comparisons of the harness can be tested; it is *not*
+the gradient of the loss.
+
+``crash`` exits the interpreter in the middle of the eval check; ``hang``
+sleeps past any test timeout; ``raises`` raises a RuntimeError in eval.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from densenet_multi import layouts, reference
+from densenet_multi.backend import GradOutput
+from densenet_multi.params import init_params, param_table, validate_params
+from densenet_multi.reference import ForwardOutput, relu
+from densenet_multi.spec import (
+    BlockPlan,
+    ChannelPlan,
+    ConvGeometry,
+    DenseNetSpec,
+    TransitionPlan,
+    check_input_dtype,
+    check_input_shape,
+)
+
+
+class InitialWidthSpec(DenseNetSpec):
+    """A spec whose transitions halve ``num_init_features + layers * k`` (the bug)."""
+
+    @property
+    def channel_plan(self) -> ChannelPlan:
+        k, width = self.growth_rate, self.num_init_features
+        blocks, transitions = [], []
+        for b, n in enumerate(self.block_config, start=1):
+            blocks.append(BlockPlan(b, n, width, tuple(width + i * k for i in range(n)),
+                                    None if self.bn_size is None else self.bn_size * k,
+                                    width + n * k))
+            width += n * k
+            if b < self.num_blocks:
+                t = self.transition_width(self.num_init_features + n * k)  # BUG
+                transitions.append(TransitionPlan(b, width, t))
+                width = t
+        return ChannelPlan(self.num_init_features, tuple(blocks), tuple(transitions), width)
+
+
+def _same_pads(size: int, k: int, s: int) -> tuple[int, int]:
+    """TensorFlow's "same": total padding so that out = ceil(size / s), the extra at the end."""
+    out = math.ceil(size / s)
+    total = max((out - 1) * s + k - size, 0)
+    return total // 2, total - total // 2
+
+
+@dataclass
+class Model:
+    spec: DenseNetSpec  # what the harness asked for
+    mspec: DenseNetSpec  # what this (buggy) backend actually builds
+    store: dict[str, np.ndarray]  # in the backend's own layout
+
+
+class Fake:
+    def __init__(self, *, same_padding: bool = False, initial_width: bool = False,
+                 momentum_convention: bool = False, channels_last: bool = False,
+                 reshape_load: bool = False, transpose_export: bool = False,
+                 int_rounding: bool = False, pseudo_grads: bool = False,
+                 grad_bug: bool = False, crash: bool = False, hang: bool = False,
+                 raises: bool = False) -> None:
+        self.__dict__.update(locals())
+        del self.__dict__["self"]
+
+    # -- contract -------------------------------------------------------------------
+    def devices(self) -> list[str]:
+        return ["cpu"]
+
+    def _mspec(self, spec: DenseNetSpec) -> DenseNetSpec:
+        m = spec
+        if self.initial_width:
+            m = InitialWidthSpec(**spec.to_dict())
+        if self.momentum_convention:
+            m = m.replace(bn_momentum=spec.keras_bn_momentum)  # BUG: 0.9 as PyTorch's 0.1
+        if self.int_rounding:
+            m = m.replace(transition_rounding="floor")  # BUG: int(n * theta), spec ignored
+        return m
+
+    def build(self, spec: DenseNetSpec, *, device: str | None = None, seed: int = 0) -> Model:
+        mspec = self._mspec(spec)
+        model = Model(spec, mspec, {})
+        self._store(model, init_params(mspec, seed + 12345))
+        return model
+
+    def _store(self, model: Model, params: dict[str, np.ndarray]) -> None:
+        kinds = {p.name: p.kind for p in param_table(model.mspec)}
+        store = {}
+        for k, v in params.items():
+            v = np.array(v, dtype=np.float32)
+            if self.channels_last and kinds[k] == "conv_weight":
+                o, i, kh, kw = v.shape
+                # BUG (reshape_load): a reshape keeps the memory order: not a transpose
+                v = v.reshape(kh, kw, i, o) if self.reshape_load else layouts.oihw_to_hwio(v)
+            store[k] = v
+        model.store = store
+
+    def load_canonical(self, model: Model, params: dict[str, np.ndarray]) -> None:
+        validate_params(model.mspec, params)
+        self._store(model, params)
+
+    def export_canonical(self, model: Model) -> dict[str, np.ndarray]:
+        out = {}
+        for p in param_table(model.mspec):
+            v = model.store[p.name]
+            if self.channels_last and p.kind == "conv_weight":
+                kh, kw, i, o = v.shape
+                if self.reshape_load and not self.transpose_export:
+                    v = v.reshape(o, i, kh, kw)  # the inverse of the load bug: round trip exact
+                else:
+                    v = layouts.hwio_to_oihw(v)
+            out[p.name] = np.array(v, dtype=np.float32)
+        return out
+
+    def _canonical_view(self, model: Model) -> dict[str, np.ndarray]:
+        """What the forward computes with: the stored kernels read as HWIO (correctly)."""
+        kinds = {p.name: p.kind for p in param_table(model.mspec)}
+        return {k: layouts.hwio_to_oihw(v) if self.channels_last and kinds[k] == "conv_weight"
+                else v for k, v in model.store.items()}
+
+    def run(self, model: Model, x: np.ndarray, *, train: bool = False) -> ForwardOutput:
+        if self.crash:
+            os._exit(17)
+        if self.hang:
+            time.sleep(3600)
+        if self.raises:
+            raise RuntimeError("deliberate failure in run()")
+        x = np.asarray(x)
+        check_input_dtype(x.dtype)
+        check_input_shape(model.spec, x.shape)
+        out = self._forward(model, x, train)
+        if train:
+            # a train-mode forward updates the model's running statistics
+            for k, v in out.running.items():
+                model.store[k] = v.astype(np.float32)
+        return out
+
+    def _forward(self, model: Model, x: np.ndarray, train: bool) -> ForwardOutput:
+        s = model.mspec
+        p = self._canonical_view(model)
+        ctx = reference._Ctx(s, p, train)
+        stages: dict[str, np.ndarray] = {}
+        if self.same_padding and s.stem_pool is not None:
+            g, q = s.stem_conv, s.stem_pool
+            ph = _same_pads(x.shape[2], g.kernel, g.stride)
+            pw = _same_pads(x.shape[3], g.kernel, g.stride)
+            y = np.pad(x, ((0, 0), (0, 0), ph, pw))  # BUG: (2, 3), not (3, 3)
+            y = ctx.conv(y, "features.conv0", ConvGeometry(g.kernel, g.stride, 0))
+            y = relu(ctx.bn(y, "features.norm0"))
+            ph = _same_pads(y.shape[2], q.kernel, q.stride)
+            pw = _same_pads(y.shape[3], q.kernel, q.stride)
+            y = np.pad(y, ((0, 0), (0, 0), ph, pw))  # BUG: (0, 1), not (1, 1)
+            y = reference.max_pool(y, ConvGeometry(q.kernel, q.stride, 0))
+        else:
+            y = ctx.conv(x, "features.conv0", s.stem_conv)
+            if s.stem_pool is not None:
+                y = reference.max_pool(relu(ctx.bn(y, "features.norm0")), s.stem_pool)
+        stages["stem"] = y
+        for bp in s.channel_plan.blocks:
+            y = reference.dense_block(ctx, y, bp.index, bp.num_layers)
+            stages[f"block{bp.index}"] = y
+            if bp.index < s.num_blocks:
+                y = reference.transition(ctx, y, bp.index)
+                stages[f"transition{bp.index}"] = y
+        y = relu(ctx.bn(y, "features.norm5"))
+        stages["features"] = y
+        stages["pooled"] = y.mean(axis=(2, 3))
+        logits = stages["pooled"] @ p["classifier.weight"].T + p["classifier.bias"]
+        stages["logits"] = logits
+        return ForwardOutput(logits, stages, ctx.running)
+
+    def _pseudo(self, model: Model, x: np.ndarray, labels: np.ndarray) -> GradOutput:
+        if not (self.pseudo_grads or self.grad_bug):
+            raise NotImplementedError("this fake has no gradients")
+        out = self._forward(model, np.asarray(x, dtype=np.float32), True)
+        loss = reference.softmax_cross_entropy(out.logits, labels)
+        canon = self.export_canonical(model)
+        grads = {}
+        for info in param_table(model.mspec):
+            if info.trainable:
+                g = np.tanh(canon[info.name]) * np.float32(loss)
+                if self.grad_bug and info.name == "features.transition1.conv.weight":
+                    g = g * np.float32(1.01)  # BUG
+                grads[info.name] = g.astype(np.float32)
+        return GradOutput(loss, grads, np.tanh(x).astype(np.float32) * np.float32(loss))
+
+    def gradients(self, model: Model, x: np.ndarray, labels: np.ndarray) -> GradOutput:
+        return self._pseudo(model, x, labels)
+
+    def train_steps(self, model: Model, batches: Any, *, lr: float, momentum: float) -> list[float]:
+        if not (self.pseudo_grads or self.grad_bug):
+            raise NotImplementedError("this fake cannot train")
+        losses, velocity = [], {}
+        for x, labels in batches:
+            g = self._pseudo(model, x, labels)
+            losses.append(g.loss)
+            params = self.export_canonical(model)
+            for k, dk in g.params.items():
+                velocity[k] = momentum * velocity.get(k, 0.0) + dk  # PyTorch's SGD
+                params[k] = (params[k] - lr * velocity[k]).astype(np.float32)
+            self._store(model, params)
+        return losses
+
+
+good = Fake()
+pseudo = Fake(pseudo_grads=True)
+same_padding = Fake(same_padding=True)
+initial_width = Fake(initial_width=True)
+momentum_convention = Fake(momentum_convention=True)
+channels_last = Fake(channels_last=True)
+hwio_reshape = Fake(channels_last=True, reshape_load=True)
+hwio_reshape_export = Fake(channels_last=True, reshape_load=True, transpose_export=True)
+int_rounding = Fake(int_rounding=True)
+grad_bug = Fake(grad_bug=True)
+crash = Fake(crash=True)
+hang = Fake(hang=True)
+raises = Fake(raises=True)
