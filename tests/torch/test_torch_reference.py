@@ -1,0 +1,146 @@
+"""The PyTorch DenseNet against the NumPy reference: every stage, eval and train mode,
+running statistics, canonical round trip, parameter counts and state_dict names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch_cases import PRESET_CASES, TINY, TINY_PLAIN, case
+
+import densenet_multi.torch as dt
+from densenet_multi.params import module_table, param_table
+from densenet_multi.reference import forward
+from densenet_multi.spec import get_spec
+from densenet_multi.testing import assert_all_close, assert_close
+
+PRESETS = list(PRESET_CASES)
+
+
+@pytest.fixture(scope="module", params=PRESETS)
+def loaded(request):
+    name = request.param
+    spec = get_spec(name)
+    model = dt.build(spec, seed=3)
+    return name, model
+
+
+def test_state_dict_keys_are_the_canonical_names(loaded):
+    name, model = loaded
+    keys = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    assert keys == [p.name for p in param_table(model.spec)]
+
+
+def test_resolve_agrees_with_state_dict_names(loaded):
+    _, model = loaded
+    modules = dict(model.named_modules())
+    for ref in module_table(model.spec):
+        assert dt.resolve(model, ref.part) is modules[ref.prefix], ref.prefix
+
+
+def test_trainable_parameter_count_matches_spec(loaded):
+    _, model = loaded
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert n == model.spec.num_params()
+
+
+def test_densenet121_parameter_count():
+    assert sum(p.numel() for p in dt.densenet121().parameters()) == 7_978_856
+
+
+def test_stage_shapes_match_spec(loaded):
+    name, model = loaded
+    size = PRESET_CASES[name][0]
+    x = torch.zeros(1, model.spec.in_channels, size, size)
+    with torch.no_grad():
+        stages = model.eval().forward_stages(x)
+    assert list(stages) == list(model.spec.stage_names)
+    for k, shape in model.spec.stage_shapes(size, size).items():
+        assert tuple(stages[k].shape) == (1, *shape), k
+
+
+def test_canonical_round_trip_is_bit_exact(loaded):
+    name, model = loaded
+    spec, params, _ = case(name, 8, seed=11)
+    dt.load_canonical(model, params)
+    out = dt.export_canonical(model)
+    assert list(out) == list(params)
+    for k, v in params.items():
+        assert out[k].dtype == np.float32 and np.array_equal(out[k], v), k
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_eval_matches_reference(name):
+    size = PRESET_CASES[name][0]
+    spec, params, x = case(name, size, 2, seed=1)
+    model = dt.load_canonical(dt.build(spec), params)
+    out = dt.run(model, x)
+    ref = forward(spec, params, x)
+    assert out.running is None
+    assert_all_close(out.stages, ref.stages, "eval", order=spec.stage_names)
+    assert_close(out.logits, ref.logits, "eval")
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_train_mode_matches_reference(name):
+    _, size, batch = PRESET_CASES[name]
+    spec, params, x = case(name, size, batch, seed=2)
+    model = dt.load_canonical(dt.build(spec), params).eval()
+    out = dt.run(model, x, train=True)
+    ref = forward(spec, params, x, train=True)
+    assert_all_close(out.stages, ref.stages, "train", order=spec.stage_names)
+    assert_all_close(out.running, ref.running, "running")
+    # run() is side-effect free: the model still holds the loaded statistics.
+    after = dt.export_canonical(model)
+    assert all(np.array_equal(after[k], params[k]) for k in params)
+    assert not model.training
+
+
+def test_train_mode_really_updates_running_stats_in_pytorch_convention():
+    """One plain train-mode forward of the module updates running_var with the
+    *unbiased* batch variance and momentum 0.1 as the weight of the new value."""
+    spec, params, x = case(TINY, 8, batch=3, seed=4)
+    model = dt.load_canonical(dt.build(spec), params).train()
+    with torch.no_grad():
+        model(torch.from_numpy(x))
+    ref = forward(spec, params, x, train=True)
+    got = dt.export_canonical(model)
+    assert_all_close({k: got[k] for k in ref.running}, ref.running, "running")
+
+
+@pytest.mark.parametrize("spec", [TINY, TINY_PLAIN], ids=lambda s: s.name)
+def test_float64_model_matches_float64_reference(spec):
+    spec, params, x = case(spec, 8, batch=2, seed=5, dtype="float64")
+    model = dt.load_canonical(dt.build(spec).double(), params)
+    for train in (False, True):
+        out = dt.run(model, x, train=train)
+        ref = forward(spec, params, x, train=train)
+        assert out.logits.dtype == np.float64
+        assert_all_close(out.stages, ref.stages, "eval" if not train else "train", "float64")
+    assert dt.export_canonical(model)["classifier.weight"].dtype == np.float32
+
+
+def test_float32_model_casts_float64_input():
+    spec, params, x = case(TINY, 8, seed=6)
+    model = dt.load_canonical(dt.build(spec), params)
+    out = dt.run(model, x.astype(np.float64))
+    assert out.logits.dtype == np.float32
+    assert_close(out.logits, forward(spec, params, x).logits, "eval")
+
+
+def test_forward_equals_forward_stages_logits():
+    spec, params, x = case(TINY, 8, seed=7)
+    model = dt.load_canonical(dt.build(spec), params).eval()
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        assert torch.equal(model(xt), model.forward_stages(xt)["logits"])
+        assert torch.equal(model.forward_head(model.forward_features(xt), pre_logits=True),
+                           model.forward_stages(xt)["pooled"])
+
+
+def test_build_is_seeded():
+    a, b, c = (dt.export_canonical(dt.build(TINY_PLAIN, seed=s)) for s in (0, 0, 1))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["features.conv0.weight"], c["features.conv0.weight"])
+    # torchvision's init: BN weight 1, bias 0, classifier bias 0
+    assert np.all(a["features.norm5.weight"] == 1) and np.all(a["classifier.bias"] == 0)
