@@ -1,0 +1,233 @@
+"""Canonical parameters <-> the Keras model, and keras.applications DenseNets <-> canonical.
+
+Canonical parameters are torchvision's ``state_dict`` names in PyTorch's layout
+(see :mod:`densenet_multi.params`). The Keras model is channels-last: conv
+kernels HWIO, dense kernels (in, out). Every name comes from
+:func:`densenet_multi.params.module_table`; its structural ``part`` is resolved
+against the model in one function, :func:`resolve_part`, and every transpose is
+done by :mod:`densenet_multi.layouts` in one place, :func:`_to_keras` /
+:func:`_from_keras`.
+
+keras.applications' DenseNet121/169/201 are functional models with fixed,
+stage-aligned layer names (``conv1_conv``, ``conv2_block1_0_bn``, ``pool2_conv``,
+``bn``, ``predictions``); :func:`keras_applications_layer_name` maps a ``part``
+to that name, and the converters copy through the canonical dict, so ours and
+theirs agree through the same validated path. Their BatchNorm epsilon is
+1.001e-5: build ours from a spec with ``bn_eps=1.001e-5``
+(:func:`keras_applications_spec`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+
+from .. import layouts
+from ..params import ModuleRef, module_table, validate_params
+from ..spec import DenseNetSpec, get_spec
+from .densenet import DenseNet
+
+__all__ = [
+    "KERAS_APPLICATIONS_EPS",
+    "resolve_part",
+    "canonical_variables",
+    "load_canonical",
+    "export_canonical",
+    "keras_applications_spec",
+    "keras_applications_layer_name",
+    "keras_applications_to_canonical",
+    "canonical_to_keras_applications",
+]
+
+#: keras.applications' BatchNorm epsilon: the floor of TF's (Keras 2) fused batch-norm kernel.
+KERAS_APPLICATIONS_EPS = 1.001e-5
+
+# A dense layer's canonical unit names -> (its ConvBlock attribute, the layer in that block).
+_DENSE_LAYER_UNITS = {
+    "norm1": ("bottleneck", "norm"),
+    "conv1": ("bottleneck", "conv"),
+    "norm2": ("growth", "norm"),
+    "conv2": ("growth", "conv"),
+    "norm": ("growth", "norm"),  # a plain (non-bottleneck) layer has one BN-ReLU-3x3 unit
+    "conv": ("growth", "conv"),
+}
+
+# (module kind, canonical attribute) -> the Keras variable holding it.
+_KERAS_VARIABLE = {
+    ("conv", "weight"): "kernel",
+    ("conv", "bias"): "bias",
+    ("bn", "weight"): "gamma",
+    ("bn", "bias"): "beta",
+    ("bn", "running_mean"): "moving_mean",
+    ("bn", "running_var"): "moving_variance",
+    ("linear", "weight"): "kernel",
+    ("linear", "bias"): "bias",
+}
+
+
+def resolve_part(model: DenseNet, part: tuple[Any, ...]) -> keras.layers.Layer:
+    """The Keras layer (Conv2D, BatchNormalization or Dense) at a ModuleRef's structural ``part``."""
+    head = part[0]
+    if head == "stem":  # ("stem", "conv0" | "norm0")
+        return getattr(model, part[1])
+    if head == "block":  # ("block", b, "layer", l, unit)
+        _, b, _, l, unit = part
+        block_attr, layer_attr = _DENSE_LAYER_UNITS[unit]
+        return getattr(getattr(model.blocks[b].dense_layers[l], block_attr), layer_attr)
+    if head == "transition":  # ("transition", t, "norm" | "conv")
+        return getattr(model.transitions[part[1]].block, part[2])
+    if head == "norm5":
+        return model.norm5
+    if head == "classifier":
+        return model.classifier
+    raise KeyError(f"unknown module part {part!r}")
+
+
+def _variables(layer: keras.layers.Layer, ref: ModuleRef) -> dict[str, keras.Variable]:
+    return {p.name: getattr(layer, _KERAS_VARIABLE[ref.kind, p.attr]) for p in ref.params}
+
+
+def _ensure_built(model: DenseNet) -> None:
+    if not model.built:
+        model.build()
+
+
+def canonical_variables(model: DenseNet) -> dict[str, keras.Variable]:
+    """Canonical name -> the ``keras.Variable`` holding it, in ``param_table`` order."""
+    _ensure_built(model)
+    out: dict[str, keras.Variable] = {}
+    for ref in module_table(model.spec):
+        out.update(_variables(resolve_part(model, ref.part), ref))
+    return out
+
+
+def _kinds(spec: DenseNetSpec) -> dict[str, str]:
+    return {p.name: p.kind for ref in module_table(spec) for p in ref.params}
+
+
+def _to_keras(kind: str, a: np.ndarray) -> np.ndarray:
+    """The one layout change on the way in: OIHW -> HWIO, (out, in) -> (in, out)."""
+    return layouts.param_to_channels_last(kind, np.asarray(a))
+
+
+def _from_keras(kind: str, a: np.ndarray) -> np.ndarray:
+    """The one layout change on the way out: HWIO -> OIHW, (in, out) -> (out, in)."""
+    return layouts.param_from_channels_last(kind, np.asarray(a))
+
+
+def _assign_all(variables: Mapping[str, keras.Variable], params: Mapping[str, np.ndarray],
+                kinds: Mapping[str, str]) -> None:
+    # Convert and check everything first, assign afterwards: nothing is copied if
+    # anything is wrong.
+    values = {}
+    for name, var in variables.items():
+        value = _to_keras(kinds[name], params[name]).astype(var.dtype, copy=False)
+        if tuple(value.shape) != tuple(var.shape):
+            raise ValueError(f"{name}: the Keras variable {var.path} has shape {tuple(var.shape)}, "
+                             f"the converted parameter {tuple(value.shape)}")
+        values[name] = value
+    for name, var in variables.items():
+        var.assign(values[name])
+
+
+def _read_all(variables: Mapping[str, keras.Variable], kinds: Mapping[str, str]
+              ) -> dict[str, np.ndarray]:
+    return {name: _from_keras(kinds[name], keras.ops.convert_to_numpy(var)).astype(np.float32)
+            for name, var in variables.items()}
+
+
+def load_canonical(model: DenseNet, params: Mapping[str, np.ndarray]) -> None:
+    """Copy canonical parameters (weights and BN running statistics) into ``model``.
+
+    Every key, shape and dtype is validated first
+    (:func:`densenet_multi.params.validate_params`, float32 or float64); nothing is
+    copied when anything is wrong.
+    """
+    validate_params(model.spec, params, dtype=None)
+    _assign_all(canonical_variables(model), params, _kinds(model.spec))
+
+
+def export_canonical(model: DenseNet) -> dict[str, np.ndarray]:
+    """The model's parameters and running statistics as canonical float32 numpy arrays."""
+    return _read_all(canonical_variables(model), _kinds(model.spec))
+
+
+# ---------------------------------------------------------------------- keras.applications
+_APPLICATIONS_DENSE_UNITS = {"norm1": "0_bn", "conv1": "1_conv", "norm2": "1_bn", "conv2": "2_conv"}
+_APPLICATIONS_TRANSITION_UNITS = {"norm": "bn", "conv": "conv"}
+_APPLICATIONS_STEM = {"conv0": "conv1_conv", "norm0": "conv1_bn"}
+
+
+def keras_applications_spec(name: str = "densenet121", **changes: Any) -> DenseNetSpec:
+    """A preset with keras.applications' BatchNorm epsilon (1.001e-5)."""
+    return get_spec(name, **{"bn_eps": KERAS_APPLICATIONS_EPS, **changes})
+
+
+def keras_applications_layer_name(part: tuple[Any, ...]) -> str:
+    """The fixed name keras.applications.DenseNet gives the layer at a structural ``part``.
+
+    Their dense blocks are ``conv2``..``conv5`` (stage-aligned with ResNet's),
+    their transitions ``pool2``..``pool4``, both 0-based here, hence the offset of 2.
+    """
+    head = part[0]
+    if head == "stem":
+        return _APPLICATIONS_STEM[part[1]]
+    if head == "block":
+        _, b, _, l, unit = part
+        if unit not in _APPLICATIONS_DENSE_UNITS:
+            raise ValueError("keras.applications' DenseNets have bottleneck layers only; "
+                             f"the spec has plain layers ({unit!r})")
+        return f"conv{b + 2}_block{l + 1}_{_APPLICATIONS_DENSE_UNITS[unit]}"
+    if head == "transition":
+        return f"pool{part[1] + 2}_{_APPLICATIONS_TRANSITION_UNITS[part[2]]}"
+    if head == "norm5":
+        return "bn"
+    if head == "classifier":
+        return "predictions"
+    raise KeyError(f"unknown module part {part!r}")
+
+
+def _check_applications_spec(spec: DenseNetSpec) -> None:
+    problems = []
+    if spec.stem != "imagenet":
+        problems.append(f"stem={spec.stem!r} (theirs is 'imagenet')")
+    if not spec.has_bottleneck:
+        problems.append("bn_size=None (theirs has bottleneck layers)")
+    if spec.conv_bias:
+        problems.append("conv_bias=True (their convolutions have none)")
+    if problems:
+        raise ValueError("this spec cannot describe a keras.applications DenseNet: "
+                         + "; ".join(problems))
+
+
+def _applications_variables(app: keras.Model, spec: DenseNetSpec) -> dict[str, keras.Variable]:
+    _check_applications_spec(spec)
+    out: dict[str, keras.Variable] = {}
+    for ref in module_table(spec):
+        try:
+            layer = app.get_layer(keras_applications_layer_name(ref.part))
+        except ValueError as e:
+            raise ValueError(f"{app.name} has no layer for {ref.prefix}: {e}") from None
+        out.update(_variables(layer, ref))
+    return out
+
+
+def keras_applications_to_canonical(app: keras.Model, spec: DenseNetSpec) -> dict[str, np.ndarray]:
+    """Canonical parameters of a ``keras.applications.DenseNet121/169/201`` (include_top=True).
+
+    ``spec`` must describe it (e.g. ``keras_applications_spec("densenet121")``); the
+    result is validated against it.
+    """
+    params = _read_all(_applications_variables(app, spec), _kinds(spec))
+    validate_params(spec, params, what=f"the weights of {app.name}")
+    return params
+
+
+def canonical_to_keras_applications(params: Mapping[str, np.ndarray], app: keras.Model,
+                                    spec: DenseNetSpec) -> None:
+    """Copy canonical parameters into a keras.applications DenseNet (validated first)."""
+    validate_params(spec, params, dtype=None)
+    _assign_all(_applications_variables(app, spec), params, _kinds(spec))
