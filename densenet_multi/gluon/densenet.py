@@ -77,6 +77,20 @@ def _conv(in_channels: int, out_channels: int, geometry: ConvGeometry, use_bias:
     )
 
 
+def _channel_concat(F, a, b):
+    """``concat([a, b])`` along the channels of NCHW arrays.
+
+    Concatenated as 5-d arrays (a length-1 axis inserted and removed again):
+    MXNet 1.9.1's oneDNN concat, used for 2-d and 4-d float32 arrays, fails in
+    the *backward* pass of some hybridized graphs ("could not construct a
+    sub-memory", e.g. densenet40_k12 in train mode) when a channel offset is not
+    a multiple of its blocked layout. A 5-d concat takes MXNet's plain
+    implementation; the values are the same copy either way.
+    """
+    y = F.concat(F.expand_dims(a, axis=2), F.expand_dims(b, axis=2), dim=1)
+    return F.squeeze(y, axis=2)
+
+
 class ConvBlock(gluon.HybridBlock):
     """BN -> ReLU -> Conv: the pre-activation unit every DenseNet part is made of."""
 
@@ -118,7 +132,7 @@ class DenseLayer(gluon.HybridBlock):
         new = self.growth(h)
         if self.drop_rate > 0:
             new = F.Dropout(new, p=self.drop_rate)  # identity unless autograd is training
-        return F.concat(x, new, dim=1)
+        return _channel_concat(F, x, new)
 
 
 class DenseBlock(gluon.HybridBlock):

@@ -1,0 +1,239 @@
+"""The Gluon DenseNet against the NumPy reference, hybridized and not; conversions; structure."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import PRESET_SIZES, batch
+
+import mxnet as mx
+from densenet_multi import reference
+from densenet_multi.gluon import (
+    DenseLayer,
+    DenseNet,
+    build,
+    export_canonical,
+    load_canonical,
+    run,
+)
+from densenet_multi.gluon.convert import resolve
+from densenet_multi.params import ParameterError, module_table, param_table
+from densenet_multi.spec import get_spec
+from densenet_multi.testing import assert_all_close, assert_close
+
+PRESETS = list(PRESET_SIZES)
+
+
+def _loaded(case_cache, name, hybridize=False):
+    spec, params = case_cache(name)
+    net = build(spec, hybridize=hybridize)
+    load_canonical(net, params)
+    return spec, params, net
+
+
+@pytest.mark.parametrize("hybridize", [False, True], ids=["imperative", "hybridized"])
+@pytest.mark.parametrize("name", PRESETS)
+def test_eval_matches_reference(case_cache, name, hybridize):
+    spec, params, net = _loaded(case_cache, name, hybridize)
+    x = batch(spec, PRESET_SIZES[name])
+    # float64 reference: the backend's own float32 error, not the sum of two
+    ref = reference.forward(spec, params, x, dtype="float64")
+    out = run(net, x)
+    assert list(out.stages) == list(spec.stage_names)
+    assert_all_close(out.stages, ref.stages, "eval", order=spec.stage_names)
+    assert_close(out.logits, ref.logits, "eval")
+
+
+@pytest.mark.parametrize("hybridize", [False, True], ids=["imperative", "hybridized"])
+@pytest.mark.parametrize("name", PRESETS)
+def test_train_mode_and_running_stats_match_reference(case_cache, name, hybridize):
+    spec, params, net = _loaded(case_cache, name, hybridize)
+    # norm5 normalises over N*H*W values per channel; an ImageNet-stem net at 32x32
+    # ends in 1x1 maps, and BN over 2 values is ill-conditioned (it divides by
+    # |a - b|), so the ImageNet-stem nets run at 64x64 (2x2 maps) with 4 samples.
+    size, n = (64, 4) if spec.stem == "imagenet" else (PRESET_SIZES[name], 2)
+    x = batch(spec, size, n=n, seed=3)
+    ref = reference.forward(spec, params, x, train=True, dtype="float64")
+    out = run(net, x, train=True)
+    assert_all_close(out.stages, ref.stages, "train", order=spec.stage_names)
+    assert_all_close(out.running, ref.running, "running")
+    # the model now holds PyTorch's (canonical) statistics; MXNet's own are in extras
+    after = export_canonical(net)
+    for k, v in out.running.items():
+        np.testing.assert_array_equal(after[k], v)
+    native = out.extras["mxnet_running"]
+    assert set(native) == set(ref.running)
+    var_names = [k for k in native if k.endswith("running_var")]
+    assert any(not np.array_equal(native[k], out.running[k]) for k in var_names)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_hybridized_equals_imperative(case_cache, name):
+    spec, params = case_cache(name)
+    x = batch(spec, PRESET_SIZES[name], seed=5)
+    plain = build(spec)
+    hyb = build(spec, hybridize=True)
+    for net in (plain, hyb):
+        load_canonical(net, params)
+    a, b = run(plain, x), run(hyb, x)
+    # oneDNN picks other memory layouts inside a cached graph: equal to ~1e-7 of
+    # the magnitude, bit-identical without oneDNN (test below)
+    assert_all_close(b.stages, a.stages, "eval")
+    # __call__ (hybrid_forward) and forward_stages compute the same logits
+    xd = mx.nd.array(x)
+    np.testing.assert_array_equal(plain(xd).asnumpy(), a.logits)
+    assert_close(hyb(xd).asnumpy(), b.logits, "eval")
+
+
+def test_hybridized_bit_identical_without_onednn():
+    code = (
+        "import numpy as np, mxnet as mx\n"
+        "from densenet_multi.spec import get_spec\n"
+        "from densenet_multi.params import init_params\n"
+        "from densenet_multi.gluon import build, load_canonical, run\n"
+        "spec = get_spec('d2l'); p = init_params(spec, 1, nontrivial_bn=True)\n"
+        "x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype('f4')\n"
+        "outs = []\n"
+        "for h in (False, True):\n"
+        "    net = build(spec, hybridize=h); load_canonical(net, p)\n"
+        "    outs.append(run(net, x)); outs.append(run(net, x, train=True))\n"
+        "for a, b in ((outs[0], outs[2]), (outs[1], outs[3])):\n"
+        "    for k in a.stages: assert np.array_equal(a.stages[k], b.stages[k]), k\n"
+        "for k in outs[1].running: assert np.array_equal(outs[1].running[k], outs[3].running[k])\n"
+        "print('identical')\n"
+    )
+    env = dict(os.environ, MXNET_MKLDNN_ENABLED="0")
+    res = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "identical" in res.stdout
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_round_trip_bit_exact_and_counts(case_cache, name):
+    spec, params, net = _loaded(case_cache, name)
+    out = export_canonical(net)
+    assert list(out) == [p.name for p in param_table(spec)]
+    for k, v in params.items():
+        assert out[k].dtype == np.float32 and out[k].shape == v.shape
+        np.testing.assert_array_equal(out[k], v)
+    trainable = [p for p in net.collect_params().values() if p.grad_req != "null"]
+    assert sum(int(np.prod(p.shape)) for p in trainable) == spec.num_params()
+    total = sum(int(np.prod(p.shape)) for p in net.collect_params().values())
+    assert total == spec.num_params(trainable_only=False)
+
+
+def test_densenet121_param_count_is_torchvisions():
+    spec = get_spec("densenet121")
+    net = DenseNet(spec)  # no initialisation needed: every shape is known up front
+    counted = sum(int(np.prod(p.shape)) for p in net.collect_params().values()
+                  if p.grad_req != "null")
+    assert counted == spec.num_params() == 7_978_856
+
+
+def test_structural_resolution_is_independent_of_gluon_counters(case_cache):
+    """A second network in the same program gets other Gluon prefixes (densenet1_...);
+    loading and exporting go by structure, so nothing changes."""
+    spec, params = case_cache("densenet_bc_100_k12")
+    a, b = build(spec), build(spec)
+    assert a.prefix != b.prefix
+    load_canonical(b, params)
+    for k, v in export_canonical(b).items():
+        np.testing.assert_array_equal(v, params[k])
+    # every canonical module resolves to a distinct layer of the right type
+    layers = [resolve(a, ref.part) for ref in module_table(spec)]
+    assert len({id(layer) for layer in layers}) == len(layers)
+    kinds = {"conv": mx.gluon.nn.Conv2D, "bn": mx.gluon.nn.BatchNorm, "linear": mx.gluon.nn.Dense}
+    for ref, layer in zip(module_table(spec), layers):
+        assert isinstance(layer, kinds[ref.kind]), ref.prefix
+
+
+def test_batchnorm_conventions():
+    spec = get_spec("d2l", bn_eps=1.001e-5, bn_momentum=0.25)
+    net = build(spec)
+    bn = net.norm5
+    assert bn._kwargs["eps"] == pytest.approx(1.001e-5)
+    assert bn._kwargs["momentum"] == pytest.approx(0.75)
+
+
+def test_bad_parameters_copy_nothing(case_cache):
+    spec, params, net = _loaded(case_cache, "d2l")
+    before = export_canonical(net)
+    bad = {k: v + 1 for k, v in params.items()}
+    bad.pop("features.norm5.running_var")
+    bad["features.conv0.weight"] = np.zeros((3, 3), np.float32)
+    bad["extra.weight"] = np.zeros(1, np.float32)
+    with pytest.raises(ParameterError) as e:
+        load_canonical(net, bad)
+    msg = str(e.value)
+    assert "features.norm5.running_var" in msg and "extra.weight" in msg
+    assert "features.conv0.weight" in msg
+    after = export_canonical(net)
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k])
+
+
+def test_memory_efficient_is_refused():
+    with pytest.raises(NotImplementedError, match="memory_efficient"):
+        DenseNet(get_spec("d2l", memory_efficient=True))
+
+
+def test_dropout_statistics():
+    """Dropout hits the new features only, with rate p and 1/(1-p) scaling, in train mode only."""
+    rate = 0.3
+    spec = get_spec("densenet_bc_100_k12", drop_rate=rate)
+    cin = spec.channel_plan.blocks[0].layer_in_channels[0]
+    bott = spec.channel_plan.blocks[0].bottleneck_channels
+    layer = DenseLayer(cin, bott, spec)
+    plain = DenseLayer(cin, bott, spec.replace(drop_rate=0.0))
+    layer.initialize(mx.init.Xavier())
+    plain.initialize()
+    for (_, p), (_, q) in zip(sorted(layer.collect_params().items()),
+                              sorted(plain.collect_params().items())):
+        q.set_data(p.data())
+    x = mx.nd.array(np.random.default_rng(0).standard_normal((8, cin, 16, 16)).astype("f4"))
+    mx.random.seed(7)
+    with mx.autograd.record(train_mode=True):
+        y = layer(x).asnumpy()
+        y0 = plain(x).asnumpy()
+    np.testing.assert_array_equal(y[:, :cin], x.asnumpy())  # the input passes untouched
+    new, new0 = y[:, cin:], y0[:, cin:]
+    active = new0 != 0
+    dropped = (new == 0) & active
+    frac = dropped.sum() / active.sum()
+    n = active.sum()
+    assert abs(frac - rate) < 5 * np.sqrt(rate * (1 - rate) / n), (frac, n)
+    kept = ~dropped & active
+    np.testing.assert_allclose(new[kept], new0[kept] / (1 - rate), rtol=1e-5, atol=1e-6)
+    # eval mode: no dropout at all
+    np.testing.assert_array_equal(layer(x).asnumpy(), plain(x).asnumpy())
+
+
+def test_no_global_state_leaks(case_cache):
+    spec, params = case_cache("d2l")
+    mx.random.seed(123)
+    a = mx.nd.random.uniform(shape=(5,)).asnumpy()
+    mx.random.seed(123)
+    net = build(spec, seed=4)  # seeded without touching MXNet's global RNG
+    b = mx.nd.random.uniform(shape=(5,)).asnumpy()
+    np.testing.assert_array_equal(a, b)
+    load_canonical(net, params)
+    x = batch(spec, 32)
+    run(net, x)
+    run(net, x, train=True)
+    assert not mx.util.is_np_array() and not mx.util.is_np_shape()
+    assert not mx.autograd.is_recording() and not mx.autograd.is_training()
+
+
+def test_build_is_seeded():
+    spec = get_spec("densenet40_k12")
+    a = export_canonical(build(spec, seed=3))
+    b = export_canonical(build(spec, seed=3))
+    c = export_canonical(build(spec, seed=4))
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert not np.array_equal(a["features.conv0.weight"], c["features.conv0.weight"])
