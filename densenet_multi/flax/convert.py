@@ -1,0 +1,131 @@
+"""Canonical parameters <-> the Flax NNX module tree.
+
+Canonical parameters are torchvision-named numpy arrays in PyTorch's layout
+(OIHW kernels, (out, in) dense weights); see :mod:`densenet_multi.params`.
+The Flax model keeps HWIO kernels and (in, out) dense kernels. Three small
+pieces do the whole job:
+
+* :func:`resolve` maps a :class:`~densenet_multi.params.ModuleRef` ``part``
+  (a structural path such as ``("block", 0, "layer", 3, "conv2")``) to the
+  NNX layer in our tree -- the only place that knows both structures;
+* :data:`ATTRIBUTES` maps a canonical attribute (``weight``, ``running_var``,
+  ...) to the NNX variable name (``kernel``, ``var``, ...);
+* the layout change goes through :func:`densenet_multi.layouts.param_to_channels_last`
+  and :func:`~densenet_multi.layouts.param_from_channels_last` and nowhere else.
+
+Names are never assembled from strings here: they come from
+:func:`densenet_multi.params.module_table`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from ..layouts import param_from_channels_last, param_to_channels_last
+from ..params import ModuleRef, ParamInfo, ParameterError, module_table, validate_params
+from .densenet import DenseNet
+
+__all__ = ["ATTRIBUTES", "resolve", "variables", "load_canonical", "export_canonical",
+           "model_device"]
+
+#: (ModuleRef.kind, canonical attribute) -> NNX variable attribute of that layer.
+ATTRIBUTES: dict[tuple[str, str], str] = {
+    ("conv", "weight"): "kernel",
+    ("conv", "bias"): "bias",
+    ("bn", "weight"): "scale",
+    ("bn", "bias"): "bias",
+    ("bn", "running_mean"): "mean",
+    ("bn", "running_var"): "var",
+    ("linear", "weight"): "kernel",
+    ("linear", "bias"): "bias",
+}
+
+# A dense layer's canonical sub-layer -> (its ConvBlock, the layer in that block).
+# With a bottleneck, norm1/conv1 are the 1x1 block and norm2/conv2 the 3x3 one;
+# without one, norm/conv are the single 3x3 block.
+_DENSE_LAYER_PARTS: dict[str, tuple[str, str]] = {
+    "norm1": ("bottleneck", "norm"),
+    "conv1": ("bottleneck", "conv"),
+    "norm2": ("growth", "norm"),
+    "conv2": ("growth", "conv"),
+    "norm": ("growth", "norm"),
+    "conv": ("growth", "conv"),
+}
+
+
+def resolve(model: DenseNet, part: tuple[Any, ...]) -> nnx.Module:
+    """The NNX layer (``nnx.Conv``, ``nnx.BatchNorm`` or ``nnx.Linear``) at a
+    :class:`~densenet_multi.params.ModuleRef` ``part`` path."""
+    head = part[0]
+    if head == "stem":  # ("stem", "conv0" | "norm0")
+        return getattr(model, part[1])
+    if head == "block":  # ("block", b, "layer", l, name)
+        _, b, _, l, name = part
+        block_name, layer_name = _DENSE_LAYER_PARTS[name]
+        return getattr(getattr(model.blocks[b].layers[l], block_name), layer_name)
+    if head == "transition":  # ("transition", t, "norm" | "conv")
+        _, t, name = part
+        return getattr(model.transitions[t].block, name)
+    if head in ("norm5", "classifier"):
+        return getattr(model, head)
+    raise KeyError(f"unknown module path {part!r}")
+
+
+def variables(model: DenseNet) -> Iterator[tuple[ModuleRef, ParamInfo, nnx.Variable]]:
+    """Every canonical parameter of ``model`` with its NNX variable, in ``param_table`` order."""
+    for ref in module_table(model.spec):
+        layer = resolve(model, ref.part)
+        for info in ref.params:
+            yield ref, info, getattr(layer, ATTRIBUTES[(ref.kind, info.attr)])
+
+
+def model_device(model: DenseNet) -> jax.Device | None:
+    """The device holding the model's parameters (None for an abstract model)."""
+    for _, _, var in variables(model):
+        value = var.get_value()
+        if isinstance(value, jax.Array):
+            return next(iter(value.devices()))
+        return None
+    return None
+
+
+def load_canonical(
+    model: DenseNet, params: Mapping[str, Any], *, device: jax.Device | None = None
+) -> None:
+    """Copy canonical parameters and BN running statistics into ``model``.
+
+    Validates every key, shape and dtype first (float32, or float64 which is
+    cast to float32) and converts every array before assigning anything, so
+    that nothing is copied when anything is wrong. Arrays go to ``device``
+    (default: where the model's parameters already are).
+    """
+    validate_params(model.spec, params, dtype=None, what="canonical parameters")
+    device = device or model_device(model)
+    staged: list[tuple[nnx.Variable, np.ndarray]] = []
+    problems = []
+    for ref, info, var in variables(model):
+        a = param_to_channels_last(info.kind, np.asarray(params[info.name], dtype=np.float32))
+        if tuple(var.shape) != a.shape:  # our tree disagrees with the spec: a bug, not user error
+            problems.append(f"{info.name}: model expects {tuple(var.shape)}, got {a.shape}")
+        staged.append((var, a))
+    if problems:
+        raise ParameterError("the Flax model does not match its spec:\n  - " + "\n  - ".join(problems))
+    for var, a in staged:
+        var.set_value(jax.device_put(a, device))
+
+
+def export_canonical(model: DenseNet, *, trainable_only: bool = False) -> dict[str, np.ndarray]:
+    """The model's parameters (and, unless ``trainable_only``, BN running statistics)
+    as float32 numpy arrays in canonical names and layout, in ``param_table`` order."""
+    out: dict[str, np.ndarray] = {}
+    for _, info, var in variables(model):
+        if trainable_only and not info.trainable:
+            continue
+        a = np.array(var.get_value(), dtype=np.float32)  # a copy the caller owns
+        out[info.name] = param_from_channels_last(info.kind, a)
+    return out

@@ -1,0 +1,276 @@
+"""The backend contract (:mod:`densenet_multi.backend`) for Flax NNX.
+
+Everything crossing this boundary is canonical: NCHW numpy batches in, NCHW
+numpy stages out, torchvision names and PyTorch layouts for parameters and
+gradients. Inside, the model is NHWC and every forward, gradient and training
+step is ``jit``-compiled (``nnx.jit`` / ``jax.jit``); compiled functions are
+cached per model structure and mode.
+
+Devices: models live on JAX's default device (a GPU when JAX sees one) unless
+``build(..., device="cpu")`` says otherwise; inputs follow the model. The
+contract functions compute with float32 matmul/conv precision "highest", so
+that a GPU does not silently use TF32 (10-bit mantissa) for the parity checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from ..backend import GradOutput
+from ..layouts import nchw_to_nhwc, nhwc_to_nchw
+from ..params import init_params, module_table
+from ..reference import ForwardOutput
+from ..spec import DenseNetSpec, InputError, check_input_dtype, check_input_shape
+from .convert import export_canonical, load_canonical, model_device
+from .densenet import DenseNet
+
+__all__ = ["build", "run", "gradients", "train_steps", "devices", "resolve_device",
+           "cross_entropy", "sgd", "to_canonical_running_var"]
+
+_PRECISION = "highest"
+
+
+# ---------------------------------------------------------------------- devices
+def devices() -> list[str]:
+    """The platforms JAX can run this backend on here: "cpu", and "gpu" when JAX sees one."""
+    out = ["cpu"]
+    try:
+        if jax.devices("gpu"):
+            out.append("gpu")
+    except RuntimeError:  # no GPU backend (e.g. JAX_PLATFORMS=cpu or a CPU-only jaxlib)
+        pass
+    return out
+
+
+def resolve_device(device: str | jax.Device | None) -> jax.Device:
+    """A ``jax.Device`` for "cpu", "gpu"/"cuda" (optionally ":index"), a device, or None
+    (JAX's default device)."""
+    if device is None:
+        return jax.devices()[0]
+    if isinstance(device, jax.Device):
+        return device
+    name, _, index = str(device).partition(":")
+    platform = {"cuda": "gpu"}.get(name.lower(), name.lower())
+    try:
+        found = jax.devices(platform)
+    except RuntimeError:
+        found = []
+    if not found:
+        raise ValueError(f"device {device!r} is not available here; available: {devices()}")
+    i = int(index) if index else 0
+    if not 0 <= i < len(found):
+        raise ValueError(f"device {device!r}: JAX sees {len(found)} {platform} device(s)")
+    return found[i]
+
+
+# ---------------------------------------------------------------------- build
+def build(spec: DenseNetSpec, *, device: str | jax.Device | None = None, seed: int = 0) -> DenseNet:
+    """A :class:`DenseNet` for ``spec`` on ``device``, initialised from ``seed``.
+
+    The weights are torchvision's initialisation scheme drawn by the shared
+    seeded initializer (:func:`densenet_multi.params.init_params`), so
+    ``build(spec, seed=s)`` starts from the same weights in every backend. The
+    module tree is created abstractly (``nnx.eval_shape``) and then filled:
+    eager NNX initialisers compile one XLA kernel per parameter shape, which
+    costs ~30 s for DenseNet-BC-100 on two CPU cores. For NNX's own
+    initialisers use ``DenseNet(spec, rngs=nnx.Rngs(params=..., dropout=...))``.
+    Dropout draws from an explicit ``dropout`` RNG stream seeded with ``seed``.
+    """
+    dev = resolve_device(device)
+    model = nnx.eval_shape(lambda: DenseNet(spec, rngs=nnx.Rngs(params=seed, dropout=seed)))
+    # The abstract tree has placeholders for the RNG streams too: give every
+    # dropout layer its own key (folded from the seed) and a zero counter.
+    base = jax.random.key(seed)
+    with jax.default_device(dev):
+        for i, (_, var) in enumerate(v for v in nnx.iter_graph(model)
+                                     if isinstance(v[1], nnx.RngState)):
+            if isinstance(var, nnx.RngKey):
+                var.set_value(jax.device_put(jax.random.fold_in(base, i), dev))
+            else:
+                var.set_value(jax.device_put(jnp.zeros((), jnp.uint32), dev))
+    load_canonical(model, init_params(spec, seed), device=dev)
+    model.eval()
+    return model
+
+
+# ---------------------------------------------------------------------- helpers
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """The contract's loss: mean softmax cross-entropy against integer labels."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def _input(model: DenseNet, x: Any) -> jax.Array:
+    """Validate a canonical NCHW numpy batch and place it, NHWC float32, on the model's device."""
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise InputError(f"expected a numpy array of shape (N, {model.spec.in_channels}, H, W), "
+                         f"got {type(x).__name__}")
+    x = np.asarray(x)
+    check_input_dtype(x.dtype)
+    check_input_shape(model.spec, x.shape, "NCHW")
+    # JAX computes in float32 unless jax_enable_x64 is set; float64 input is cast.
+    return jax.device_put(nchw_to_nhwc(x.astype(np.float32, copy=False)), model_device(model))
+
+
+def _labels(model: DenseNet, labels: Any, n: int) -> jax.Array:
+    y = np.asarray(labels)
+    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
+        raise InputError(f"expected {n} integer labels of shape ({n},), got {y.dtype} {y.shape}")
+    if y.size and (y.min() < 0 or y.max() >= model.spec.num_classes):
+        raise InputError(f"labels must lie in [0, {model.spec.num_classes}), got "
+                         f"[{y.min()}, {y.max()}]")
+    return jax.device_put(y.astype(np.int32), model_device(model))
+
+
+def _canonical(a: jax.Array) -> np.ndarray:
+    a = np.asarray(a)
+    return nhwc_to_nchw(a) if a.ndim == 4 else np.array(a)
+
+
+@nnx.jit
+def _forward_stages(model: DenseNet, x: jax.Array) -> dict[str, jax.Array]:
+    return model.forward_stages(x)
+
+
+def _bn_count(spec: DenseNetSpec, part: tuple[Any, ...], x_shape: tuple[int, ...]) -> int:
+    """N*H*W: how many values per channel a BN layer averaged over in a train-mode pass."""
+    n, _, h, w = x_shape
+    if part[0] == "stem":  # norm0 sees the stem conv's output, before the max-pool
+        return n * spec.stem_conv.out_size(h) * spec.stem_conv.out_size(w)
+    shapes = spec.stage_shapes(h, w)
+    # a block's layers and the transition after it run at the block's size
+    stage = "features" if part[0] == "norm5" else f"block{part[1] + 1}"
+    return n * shapes[stage][1] * shapes[stage][2]
+
+
+def to_canonical_running_var(old: np.ndarray, new: np.ndarray, momentum: float,
+                             count: int) -> np.ndarray:
+    """Flax's running-variance update -> the canonical (PyTorch) one.
+
+    Flax (``momentum`` = weight of the old value, 0.9) updates with the
+    *biased* batch variance ``v``: ``new = mu * old + (1 - mu) * v``. PyTorch
+    uses the unbiased ``v * n / (n - 1)``. Recover ``(1 - mu) * v = new - mu *
+    old`` and rescale it (in float64: no cancellation worth noting, the
+    difference is ~10% of ``new``).
+    """
+    old64, new64 = old.astype(np.float64), new.astype(np.float64)
+    bessel = count / max(count - 1, 1)  # the reference's guard for n = 1
+    return (momentum * old64 + (new64 - momentum * old64) * bessel).astype(np.float32)
+
+
+# ---------------------------------------------------------------------- run
+def run(model: DenseNet, x: Any, *, train: bool = False) -> ForwardOutput:
+    """Forward a canonical NCHW numpy batch; every stage comes back NCHW.
+
+    ``train=True`` puts the model in training mode (``model.train()``: batch
+    statistics, dropout) and updates its running statistics as any training
+    forward does; the running statistics returned are in the canonical
+    (PyTorch) convention -- unbiased batch variance -- converted from Flax's
+    biased update by :func:`to_canonical_running_var`. ``extras["flax_running"]``
+    holds Flax's own values. ``train=False`` uses ``model.eval()`` and leaves
+    the model's state unchanged. The model stays in the mode last used.
+    """
+    xj = _input(model, x)
+    spec = model.spec
+    if train:
+        before = export_canonical(model)
+        model.train()
+    else:
+        model.eval()
+    with jax.default_matmul_precision(_PRECISION):
+        stages = {k: _canonical(v) for k, v in _forward_stages(model, xj).items()}
+    out = ForwardOutput(logits=stages["logits"], stages=stages)
+    if train:
+        after = export_canonical(model)
+        momentum = 1.0 - spec.bn_momentum  # Flax's convention, as in densenet.batch_norm
+        running: dict[str, np.ndarray] = {}
+        native: dict[str, np.ndarray] = {}
+        for ref in module_table(spec):
+            for info in ref.params:
+                if info.trainable:
+                    continue
+                native[info.name] = after[info.name]
+                if info.attr == "running_var":
+                    running[info.name] = to_canonical_running_var(
+                        before[info.name], after[info.name], momentum,
+                        _bn_count(spec, ref.part, np.shape(x)))
+                else:  # the running mean needs no conversion
+                    running[info.name] = after[info.name]
+        out.running = running
+        out.extras["flax_running"] = native
+    return out
+
+
+# ---------------------------------------------------------------------- gradients
+@jax.jit(static_argnums=0)
+def _loss_and_grads(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array,
+                    labels: jax.Array) -> tuple[jax.Array, tuple[nnx.State, jax.Array]]:
+    # A pure function of the model's state: the running statistics and RNG
+    # counters the train-mode forward updates are dropped with this copy.
+    model = nnx.merge(graphdef, state)
+
+    def loss_fn(model: DenseNet, x: jax.Array) -> jax.Array:
+        return cross_entropy(model(x), labels)
+
+    return nnx.value_and_grad(loss_fn, argnums=(0, 1))(model, x)
+
+
+def gradients(model: DenseNet, x: Any, labels: Any) -> GradOutput:
+    """Loss and its gradient w.r.t. every trainable canonical parameter and the input.
+
+    Computed in training mode (batch statistics), functionally: the model's
+    parameters, running statistics and RNG state are left as they were.
+    """
+    xj = _input(model, x)
+    yj = _labels(model, labels, xj.shape[0])
+    model.train()
+    graphdef, state = nnx.split(model)
+    with jax.default_matmul_precision(_PRECISION):
+        loss, (g_params, g_x) = _loss_and_grads(graphdef, state, xj, yj)
+    # The gradients have the parameters' tree structure: put them in a model
+    # of the same structure and read them out with the canonical converter.
+    grad_model = nnx.merge(graphdef, g_params, nnx.state(model, nnx.Not(nnx.Param)))
+    return GradOutput(
+        loss=float(loss),
+        params=export_canonical(grad_model, trainable_only=True),
+        input=_canonical(g_x),
+    )
+
+
+# ---------------------------------------------------------------------- training
+@nnx.jit
+def _train_step(model: DenseNet, optimizer: nnx.Optimizer, x: jax.Array,
+                labels: jax.Array) -> jax.Array:
+    def loss_fn(model: DenseNet) -> jax.Array:
+        return cross_entropy(model(x), labels)
+
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+
+def sgd(lr: float, momentum: float) -> optax.GradientTransformation:
+    """PyTorch's SGD (no dampening, weight decay or Nesterov): ``v = mu*v + g; p -= lr*v``.
+    optax's trace keeps ``v = g + mu*v`` and sgd scales it by ``-lr``: the same update."""
+    return optax.sgd(learning_rate=lr, momentum=momentum)
+
+
+def train_steps(model: DenseNet, batches: Iterable[tuple[Any, Any]], *, lr: float,
+                momentum: float) -> list[float]:
+    """One optax SGD-with-momentum step per ``(x, labels)`` batch, in training mode;
+    the loss of each step (computed before its update). Updates the model in place."""
+    model.train()
+    optimizer = nnx.Optimizer(model, sgd(lr, momentum), wrt=nnx.Param)
+    losses = []
+    with jax.default_matmul_precision(_PRECISION):
+        for x, labels in batches:
+            xj = _input(model, x)
+            loss = _train_step(model, optimizer, xj, _labels(model, labels, xj.shape[0]))
+            losses.append(float(loss))
+    return losses
