@@ -73,10 +73,14 @@ class Case:
     device: str = "cpu"
     checks: tuple[str, ...] = CHECKS[:-1]
     steps: int = 3
+    #: checks whose float64 NumPy reference is computed (the forward checks always are;
+    #: the reference gradient and trajectory cost about 3x and 3Kx a forward)
+    reference: tuple[str, ...] = ("grad", "trajectory")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_size", tuple(int(s) for s in self.input_size))
         object.__setattr__(self, "checks", tuple(self.checks))
+        object.__setattr__(self, "reference", tuple(self.reference))
         object.__setattr__(self, "changes", dict(self.changes))
         object.__setattr__(self, "device", normalize_device(self.device))
         unknown = [c for c in self.checks if c not in CHECKS]
@@ -113,6 +117,7 @@ class Case:
             "device": self.device,
             "checks": list(self.checks),
             "steps": self.steps,
+            "reference": list(self.reference),
             "resolved_spec": self.build_spec().to_dict(),
         }
 
@@ -166,16 +171,31 @@ def make_weights(case: Case) -> dict[str, np.ndarray]:
 
 def make_inputs(case: Case) -> dict[str, np.ndarray]:
     """Seeded inputs: ``x`` (N, C, H, W), integer ``labels`` (N,), and for the
-    trajectory check ``traj_x`` (K, N, C, H, W) and ``traj_labels`` (K, N)."""
+    trajectory check ``traj_x`` (K, N, C, H, W) and ``traj_labels`` (K, N).
+
+    The trajectory's K batches are one batch repeated (fitting one batch, the
+    loss goes down). With K *different* random batches at SGD_DEFAULTS' lr 0.05
+    and momentum 0.9 the loss goes up, and by the third step the float64
+    reference itself, started from weights perturbed at float32 rounding level,
+    ends 3e-4 away (measured on d2l@96 and densenet40_k12@32): a ReLU input that
+    rounding puts on the other side of 0 switches a gradient term on or off, and
+    the diverging steps amplify it. No implementation could be held to the
+    trajectory tolerance there. The harness still measures that conditioning
+    for every case (see runner.write_reference).
+    """
     spec = case.build_spec()
     h, w = case.input_size
     n, k = case.batch, case.steps
     # A stream of its own, so the inputs don't depend on how many weights the spec has.
     rng = np.random.Generator(np.random.PCG64([case.seed, 1]))
     shape = (n, spec.in_channels, h, w)
+    x = rng.standard_normal(shape).astype(case.dtype)
+    labels = rng.integers(0, spec.num_classes, size=n).astype(np.int64)
+    tx = rng.standard_normal(shape).astype(case.dtype)
+    tl = rng.integers(0, spec.num_classes, size=n).astype(np.int64)
     return {
-        "x": rng.standard_normal(shape).astype(case.dtype),
-        "labels": rng.integers(0, spec.num_classes, size=n).astype(np.int64),
-        "traj_x": rng.standard_normal((k, *shape)).astype(case.dtype),
-        "traj_labels": rng.integers(0, spec.num_classes, size=(k, n)).astype(np.int64),
+        "x": x,
+        "labels": labels,
+        "traj_x": np.ascontiguousarray(np.broadcast_to(tx, (k, *shape))),
+        "traj_labels": np.ascontiguousarray(np.broadcast_to(tl, (k, n))),
     }

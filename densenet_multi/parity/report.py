@@ -50,38 +50,64 @@ RUNNING_NOTE = (
 )
 _STYLE = {PASS: "green", "FAIL": "bold red", "error": "red", "crashed": "red", "timeout": "red",
           "missing": "yellow", "unsupported": "yellow", "not available": "yellow",
-          "unpaired": "yellow", NA: "dim", SKIPPED: "dim"}
+          "unpaired": "yellow", "ill-conditioned": "yellow", NA: "dim", SKIPPED: "dim"}
 
 
 def _checks_in(cc: CaseComparison) -> list[str]:
     return [c for c in CHECKS if cc.case.has(c) or (c == "device" and cc.case.device == "cuda")]
 
 
+def _own(cc: CaseComparison, backend: str, check: str) -> Cell | None:
+    return next((c for c in cc.cells if c.check == check and c.subject == backend), None)
+
+
+def _members(subject: str) -> list[str]:
+    return subject.replace("->", "~").split("~")
+
+
+def explained(cc: CaseComparison, cell: Cell) -> bool:
+    """A pair cell whose failure is already reported against one member's own check."""
+    if cell.subject not in [c.subject for c in cc.cells if "~" in c.subject or "->" in c.subject]:
+        return False
+    for m in _members(cell.subject):
+        own = _own(cc, m, cell.check)
+        if own is not None and own.status not in (PASS, SKIPPED):
+            return True
+    return False
+
+
 def backend_cell(cc: CaseComparison, backend: str, check: str) -> tuple[str, float | None, str]:
-    """(status, worst rel, text) of one backend's check, pairs included where relevant."""
+    """(status, worst rel, text) of one backend's check.
+
+    Its own cell (against the reference, the spec, the canonical weights or its
+    CPU run); for ``grad``, ``trajectory`` and ``copy`` also every pair / copy
+    chain it is in whose other member passes its own check (so a backend is
+    not blamed for its partner's bug).
+    """
     own = [c for c in cc.cells if c.check == check and c.subject == backend]
     pairs = []
     if check in ("grad", "trajectory", "copy"):
-        pairs = [c for c in cc.cells if c.check == check and c.status != NA and (
-            backend in c.subject.replace("->", "~").split("~"))
-            and c.subject != backend]
+        pairs = [c for c in cc.cells if c.check == check and c.status != NA
+                 and c.subject != backend and backend in _members(c.subject)
+                 and not explained(cc, c)]
     cells = own + pairs
     if not cells:
         return NA, None, ""
     status = worst_status(c.status for c in cells)
-    if check in ("grad", "trajectory") and status == PASS and not pairs:
-        status = "unpaired"
+    if check in ("grad", "trajectory") and status == PASS and not pairs and own \
+            and own[0].message:
+        status = "unpaired"  # only the loss had a reference, and no other backend ran
     rels = [c.worst_rel for c in cells if c.worst_rel is not None]
     worst = max(rels) if rels else None
     bad = next((c for c in cells if c.status not in (PASS, NA, SKIPPED)), None)
     if bad is None:
         text = ""
-    elif bad.first_fail is not None:
-        who = "" if bad.subject == backend else f"[{bad.subject}] "
-        text = who + bad.first_fail.short()
     else:
         who = "" if bad.subject == backend else f"[{bad.subject}] "
-        text = who + (bad.message.splitlines()[0][:120] if bad.message else bad.status)
+        if bad.first_fail is not None:
+            text = who + bad.first_fail.short()
+        else:
+            text = who + (bad.message.splitlines()[0][:120] if bad.message else bad.status)
     return status, worst, text
 
 
@@ -181,7 +207,8 @@ def render_terminal(ccs: Sequence[CaseComparison], backends: Sequence[str],
         for b, notes in cc.notes.items():
             for n in sorted(set(notes))[:5]:
                 console.print(f"[yellow]contract: {b}: {_escape(n)}[/yellow]")
-    failures = [c for cc in ccs for c in cc.cells if c.status not in (PASS, NA, SKIPPED)]
+    failures = [c for cc in ccs for c in cc.cells
+                if c.status not in (PASS, NA, SKIPPED) and not explained(cc, c)]
     if failures:
         console.print("[bold]Not passed:[/bold]")
         for c in failures[:40]:
@@ -304,7 +331,8 @@ def markdown(ccs: Sequence[CaseComparison], backends: Sequence[str],
                 row.append(s)
             L.append(f"| {b} | " + " | ".join(row) + " |")
         L.append("")
-        pair_cells = [c for c in cc.cells if "~" in c.subject or "->" in c.subject]
+        pair_cells = [c for c in cc.cells
+                      if ("~" in c.subject or "->" in c.subject) and c.status != NA]
         if pair_cells:
             L.append("| pair | check | status | worst rel | first failing item |")
             L.append("|---|---|---|---|---|")

@@ -37,6 +37,7 @@ import numpy as np
 
 from .. import checkpoint
 from ..backend import BACKENDS
+from ..params import param_table
 from ..reference import forward, softmax_cross_entropy
 from .cases import Case, make_inputs, make_weights
 from .worker import EXIT_MISSING
@@ -67,6 +68,8 @@ COMMON_ENV = {
     "TF_ENABLE_ONEDNN_OPTS": "0",
 }
 DEFAULT_TIMEOUT_S = 1800.0
+#: relative size of the perturbation of the trajectory's conditioning probe
+PROBE_REL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -199,7 +202,10 @@ def prepare_run(run_dir: Path, cases: Sequence[Case]) -> dict[str, Path]:
 
 def write_reference(case_dir: Path, case: Case, params: Mapping[str, np.ndarray],
                     inputs: Mapping[str, np.ndarray]) -> None:
-    """The oracle, in float64 whatever the case's dtype: eval and train forward, the loss."""
+    """The oracle, in float64 whatever the case's dtype: eval and train forward, the
+    gradients (:mod:`densenet_multi.reference_grad`) and the K-step trajectory."""
+    from .. import reference_grad
+    from ..backend import SGD_DEFAULTS
     from .worker import SEP
 
     spec = case.build_spec()
@@ -208,18 +214,49 @@ def write_reference(case_dir: Path, case: Case, params: Mapping[str, np.ndarray]
         out = forward(spec, params, inputs["x"], dtype="float64")
         for k, v in out.stages.items():
             arrays[f"eval{SEP}stage{SEP}{k}"] = v
-    if case.has("train") or case.has("grad") or case.has("trajectory"):
+    if case.has("train") or case.has("grad"):
         out = forward(spec, params, inputs["x"], train=True, dtype="float64")
         for k, v in out.stages.items():
             arrays[f"train{SEP}stage{SEP}{k}"] = v
         for k, v in (out.running or {}).items():
             arrays[f"train{SEP}running{SEP}{k}"] = v
         arrays[f"grad{SEP}loss"] = np.asarray(softmax_cross_entropy(out.logits, inputs["labels"]))
+    if case.has("grad") and "grad" in case.reference:
+        g = reference_grad.gradients(spec, params, inputs["x"], inputs["labels"], dtype="float64")
+        arrays[f"grad{SEP}loss"] = np.asarray(g.loss)
+        arrays[f"grad{SEP}input"] = g.input
+        for k, v in g.params.items():
+            arrays[f"grad{SEP}param{SEP}{k}"] = v
     if case.has("trajectory"):
-        # Only the first loss has a reference (the forward at the initial weights).
+        # The first loss is a forward at the initial weights: always referenced.
         out0 = forward(spec, params, inputs["traj_x"][0], train=True, dtype="float64")
         arrays[f"trajectory{SEP}loss0"] = np.asarray(
             softmax_cross_entropy(out0.logits, inputs["traj_labels"][0]))
+        if "trajectory" in case.reference:
+            batches = [(inputs["traj_x"][i], inputs["traj_labels"][i])
+                       for i in range(inputs["traj_x"].shape[0])]
+            losses, final = reference_grad.train_steps(spec, params, batches, dtype="float64",
+                                                       **SGD_DEFAULTS)
+            arrays[f"trajectory{SEP}losses"] = np.asarray(losses)
+            trainable = [p.name for p in param_table(spec) if p.trainable]
+            for k in trainable:
+                arrays[f"trajectory{SEP}param{SEP}{k}"] = final[k]
+            # Conditioning probe: the same K steps from weights perturbed by
+            # PROBE_REL (float32 rounding level). A ReLU input within rounding
+            # distance of 0 switches its gradient on or off, and a few steps can
+            # amplify that far beyond the tolerance; where the reference's own
+            # spread exceeds the tolerance, no implementation can be held to it.
+            rng = np.random.Generator(np.random.PCG64([case.seed, 2]))
+            perturbed = {k: np.asarray(v, np.float64) * (1 + PROBE_REL * rng.standard_normal(
+                np.shape(v))) for k, v in params.items()}
+            losses2, final2 = reference_grad.train_steps(spec, perturbed, batches,
+                                                         dtype="float64", **SGD_DEFAULTS)
+            arrays[f"trajectory{SEP}spread{SEP}losses"] = np.asarray(
+                np.max(np.abs(np.subtract(losses2, losses))) / np.max(np.abs(losses)))
+            for k in trainable:
+                scale = float(np.max(np.abs(final[k]))) or 1.0
+                arrays[f"trajectory{SEP}spread{SEP}{k}"] = np.asarray(
+                    float(np.max(np.abs(final2[k] - final[k]))) / scale)
     np.savez(case_dir / "reference.npz", **arrays)
 
 

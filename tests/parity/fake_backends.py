@@ -23,14 +23,13 @@ exercise the whole harness. The bugs are the mistakes real ports make:
 * ``int_rounding``: transition width ``int(n * theta)`` whatever the spec's
   rounding rule (wrong when the spec says "ceil" and the width is odd).
 * ``grad_bug``: right forward, but the gradient of the transition1 kernel is
-  scaled by 1.01 (its pseudo-gradient; see below).
+  scaled by 1.01.
 
-``gradients`` / ``train_steps``: ``good`` and most fakes raise
-NotImplementedError (a real backprop in NumPy is not the point here).
-``pseudo`` and ``grad_bug`` instead return a deterministic stand-in gradient
-(a fixed function of the weights, scaled by the true loss), so the pairwise
-gradient and trajectory comparisons of the harness can be tested; it is *not*
-the gradient of the loss.
+``gradients`` / ``train_steps``: ``good`` and the forward-bug fakes raise
+NotImplementedError (the "unsupported" path); ``autograd`` and ``grad_bug``
+use the reference's tape (densenet_multi.reference_grad) in float64, rounded
+to float32 (a float32 NumPy tape is less accurate than the frameworks), and
+``grad_bug`` then scales the gradient of the transition1 kernel by 1.01.
 
 ``crash`` exits the interpreter in the middle of the eval check; ``hang``
 sleeps past any test timeout; ``raises`` raises a RuntimeError in eval.
@@ -46,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from densenet_multi import layouts, reference
+from densenet_multi import layouts, reference, reference_grad
 from densenet_multi.backend import GradOutput
 from densenet_multi.params import init_params, param_table, validate_params
 from densenet_multi.reference import ForwardOutput, relu
@@ -98,7 +97,7 @@ class Fake:
     def __init__(self, *, same_padding: bool = False, initial_width: bool = False,
                  momentum_convention: bool = False, channels_last: bool = False,
                  reshape_load: bool = False, transpose_export: bool = False,
-                 int_rounding: bool = False, pseudo_grads: bool = False,
+                 int_rounding: bool = False, grads: bool = False,
                  grad_bug: bool = False, crash: bool = False, hang: bool = False,
                  raises: bool = False) -> None:
         self.__dict__.update(locals())
@@ -210,41 +209,29 @@ class Fake:
         stages["logits"] = logits
         return ForwardOutput(logits, stages, ctx.running)
 
-    def _pseudo(self, model: Model, x: np.ndarray, labels: np.ndarray) -> GradOutput:
-        if not (self.pseudo_grads or self.grad_bug):
-            raise NotImplementedError("this fake has no gradients")
-        out = self._forward(model, np.asarray(x, dtype=np.float32), True)
-        loss = reference.softmax_cross_entropy(out.logits, labels)
-        canon = self.export_canonical(model)
-        grads = {}
-        for info in param_table(model.mspec):
-            if info.trainable:
-                g = np.tanh(canon[info.name]) * np.float32(loss)
-                if self.grad_bug and info.name == "features.transition1.conv.weight":
-                    g = g * np.float32(1.01)  # BUG
-                grads[info.name] = g.astype(np.float32)
-        return GradOutput(loss, grads, np.tanh(x).astype(np.float32) * np.float32(loss))
-
     def gradients(self, model: Model, x: np.ndarray, labels: np.ndarray) -> GradOutput:
-        return self._pseudo(model, x, labels)
+        if not (self.grads or self.grad_bug):
+            raise NotImplementedError("this fake has no gradients")
+        r = reference_grad.gradients(model.mspec, self.export_canonical(model), x, labels,
+                                     dtype="float64")
+        grads = {k: v.astype(np.float32) for k, v in r.params.items()}
+        if self.grad_bug:
+            k = "features.transition1.conv.weight"
+            grads[k] = grads[k] * np.float32(1.01)  # BUG
+        return GradOutput(r.loss, grads, r.input.astype(np.float32))
 
     def train_steps(self, model: Model, batches: Any, *, lr: float, momentum: float) -> list[float]:
-        if not (self.pseudo_grads or self.grad_bug):
+        if not self.grads:
             raise NotImplementedError("this fake cannot train")
-        losses, velocity = [], {}
-        for x, labels in batches:
-            g = self._pseudo(model, x, labels)
-            losses.append(g.loss)
-            params = self.export_canonical(model)
-            for k, dk in g.params.items():
-                velocity[k] = momentum * velocity.get(k, 0.0) + dk  # PyTorch's SGD
-                params[k] = (params[k] - lr * velocity[k]).astype(np.float32)
-            self._store(model, params)
+        losses, final = reference_grad.train_steps(model.mspec, self.export_canonical(model),
+                                                   list(batches), lr=lr, momentum=momentum,
+                                                   dtype="float64")
+        self._store(model, {k: np.asarray(v, np.float32) for k, v in final.items()})
         return losses
 
 
 good = Fake()
-pseudo = Fake(pseudo_grads=True)
+autograd = Fake(grads=True)
 same_padding = Fake(same_padding=True)
 initial_width = Fake(initial_width=True)
 momentum_convention = Fake(momentum_convention=True)
@@ -252,7 +239,7 @@ channels_last = Fake(channels_last=True)
 hwio_reshape = Fake(channels_last=True, reshape_load=True)
 hwio_reshape_export = Fake(channels_last=True, reshape_load=True, transpose_export=True)
 int_rounding = Fake(int_rounding=True)
-grad_bug = Fake(grad_bug=True)
+grad_bug = Fake(grads=True, grad_bug=True)
 crash = Fake(crash=True)
 hang = Fake(hang=True)
 raises = Fake(raises=True)
