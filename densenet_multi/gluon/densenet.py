@@ -243,9 +243,7 @@ class DenseNet(gluon.HybridBlock):
         yield next(names), self.classifier(pooled)
 
     def hybrid_forward(self, F, x):
-        for _, y in self._body(F, x):
-            pass
-        return y
+        return dict(self._body(F, x))["logits"]
 
     def forward_stages(self, x):
         """Every stage output (``spec.stage_names``: stem, block1, ..., features, pooled,

@@ -260,7 +260,7 @@ def gradients(net: DenseNet, x: Any, labels: Any) -> GradOutput:
         _restore_running(net, before)
     return GradOutput(
         loss=float(loss.asscalar()),
-        params={name: g.asnumpy() for (name, _), g in zip(pairs, grads)},
+        params={name: g.asnumpy() for (name, _), g in zip(pairs, grads[:-1], strict=True)},
         input=grads[-1].asnumpy(),
     )
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import mxnet as mx
 import numpy as np
 import pytest
 from conftest import batch
 
-import mxnet as mx
 from densenet_multi import reference
 from densenet_multi.backend import SGD_DEFAULTS, load_backend
 from densenet_multi.gluon import build, export_canonical, gradients, load_canonical, run, train_steps

@@ -6,11 +6,11 @@ import os
 import subprocess
 import sys
 
+import mxnet as mx
 import numpy as np
 import pytest
 from conftest import PRESET_SIZES, batch
 
-import mxnet as mx
 from densenet_multi import reference
 from densenet_multi.gluon import (
     DenseLayer,
@@ -148,7 +148,7 @@ def test_structural_resolution_is_independent_of_gluon_counters(case_cache):
     layers = [resolve(a, ref.part) for ref in module_table(spec)]
     assert len({id(layer) for layer in layers}) == len(layers)
     kinds = {"conv": mx.gluon.nn.Conv2D, "bn": mx.gluon.nn.BatchNorm, "linear": mx.gluon.nn.Dense}
-    for ref, layer in zip(module_table(spec), layers):
+    for ref, layer in zip(module_table(spec), layers, strict=True):
         assert isinstance(layer, kinds[ref.kind]), ref.prefix
 
 
@@ -192,9 +192,10 @@ def test_dropout_statistics():
     plain = DenseLayer(cin, bott, spec.replace(drop_rate=0.0))
     layer.initialize(mx.init.Xavier())
     plain.initialize()
-    for (_, p), (_, q) in zip(sorted(layer.collect_params().items()),
-                              sorted(plain.collect_params().items())):
-        q.set_data(p.data())
+    # structural names ("bottleneck.norm.gamma"), not Gluon's counter-based ones
+    theirs = plain._collect_params_with_prefix()
+    for key, p in layer._collect_params_with_prefix().items():
+        theirs[key].set_data(p.data())
     x = mx.nd.array(np.random.default_rng(0).standard_normal((8, cin, 16, 16)).astype("f4"))
     mx.random.seed(7)
     with mx.autograd.record(train_mode=True):

@@ -6,12 +6,12 @@ pooling: they agree where the final map is 7x7 (224x224 inputs) and differ elsew
 
 from __future__ import annotations
 
+import mxnet as mx
 import numpy as np
 import pytest
 from conftest import batch
-
-import mxnet as mx
 from mxnet.gluon.model_zoo import vision
+
 from densenet_multi.gluon import build, export_canonical, from_zoo, load_canonical, run, to_zoo
 from densenet_multi.params import ParameterError, init_params
 from densenet_multi.spec import get_spec
