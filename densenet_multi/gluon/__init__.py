@@ -19,7 +19,15 @@ from .densenet import (
     densenet201,
     from_spec,
 )
-from .runtime import build, devices, gradients, run, train_steps
+from .runtime import (
+    build,
+    devices,
+    gradients,
+    load_checkpoint,
+    run,
+    save_checkpoint,
+    train_steps,
+)
 
 __all__ = [
     "ConvBlock",
@@ -42,4 +50,6 @@ __all__ = [
     "devices",
     "from_zoo",
     "to_zoo",
+    "save_checkpoint",
+    "load_checkpoint",
 ]

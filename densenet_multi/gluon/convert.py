@@ -24,7 +24,7 @@ from mxnet.gluon import nn
 
 from ..params import ModuleRef, ParameterError, module_table, validate_params
 from ..spec import DenseNetSpec
-from .densenet import DenseNet
+from .densenet import DenseNet, in_legacy_mode
 
 __all__ = [
     "GLUON_ATTR",
@@ -114,6 +114,7 @@ def _copy_out(pairs: list[tuple[str, gluon.Parameter]]) -> dict[str, np.ndarray]
     return {name: np.ascontiguousarray(p.data().asnumpy(), dtype=np.float32) for name, p in pairs}
 
 
+@in_legacy_mode
 def load_canonical(net: DenseNet, params: Mapping[str, Any]) -> None:
     """Copy canonical parameters (trainable ones and BN running statistics) into ``net``.
 
@@ -124,6 +125,7 @@ def load_canonical(net: DenseNet, params: Mapping[str, Any]) -> None:
     _copy_in(_pairs(net.spec, lambda ref: resolve(net, ref.part)), params, "load_canonical")
 
 
+@in_legacy_mode
 def export_canonical(net: DenseNet) -> dict[str, np.ndarray]:
     """``net``'s parameters as canonical float32 numpy arrays, in ``param_table`` order."""
     return _copy_out(_pairs(net.spec, lambda ref: resolve(net, ref.part)))
@@ -187,6 +189,7 @@ def _zoo_pairs(zoo: gluon.HybridBlock, spec: DenseNetSpec) -> list[tuple[str, gl
     return _pairs(spec, lambda ref: layers[ref.part])
 
 
+@in_legacy_mode
 def from_zoo(zoo: gluon.HybridBlock, spec: DenseNetSpec) -> dict[str, np.ndarray]:
     """Canonical parameters of an initialised Gluon-zoo DenseNet (e.g.
     ``vision.densenet121()``; its parameters must exist, so run one forward pass
@@ -196,6 +199,7 @@ def from_zoo(zoo: gluon.HybridBlock, spec: DenseNetSpec) -> dict[str, np.ndarray
     return params
 
 
+@in_legacy_mode
 def to_zoo(params: Mapping[str, Any], zoo: gluon.HybridBlock, spec: DenseNetSpec) -> None:
     """Copy canonical parameters of ``spec`` into a Gluon-zoo DenseNet (all or nothing)."""
     validate_params(spec, params, dtype=None)

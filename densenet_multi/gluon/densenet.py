@@ -27,6 +27,12 @@ Written for MXNet 1.9 Gluon:
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import mxnet as mx
 from mxnet import gluon
 from mxnet.gluon import nn
 
@@ -40,12 +46,42 @@ __all__ = [
     "Stem",
     "DenseNet",
     "batch_norm",
+    "legacy_mode",
     "from_spec",
     "densenet121",
     "densenet161",
     "densenet169",
     "densenet201",
 ]
+
+
+@contextmanager
+def legacy_mode() -> Iterator[None]:
+    """Run a block of code with MXNet's numpy-compatible modes *off*, restoring the
+    caller's settings afterwards.
+
+    ``npx.set_np()`` is process-wide; a user program that turned it on would
+    otherwise make these legacy-API blocks fail (``nd`` vs ``mx.np`` arrays).
+    Every public function of this backend runs inside this scope; it never
+    switches the modes for the rest of the program.
+    """
+    # array semantics off first: MXNet refuses np_shape(False) while np_array is on
+    with mx.util.np_array(False), mx.util.np_shape(False):
+        yield
+
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def in_legacy_mode(fn: _F) -> _F:
+    """Decorator: call ``fn`` inside :func:`legacy_mode`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with legacy_mode():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def batch_norm(channels: int, spec: DenseNetSpec) -> nn.BatchNorm:
@@ -257,27 +293,32 @@ class DenseNet(gluon.HybridBlock):
         return dict(self._body(nd, x))
 
 
+@in_legacy_mode
 def from_spec(spec: DenseNetSpec) -> DenseNet:
     """An uninitialised :class:`DenseNet` for ``spec`` (call ``initialize()`` or
     :func:`densenet_multi.gluon.build`)."""
     return DenseNet(spec)
 
 
+@in_legacy_mode
 def densenet121(**changes) -> DenseNet:
     """DenseNet-121 (k=32, blocks 6-12-24-16); keyword arguments change spec fields."""
     return DenseNet(PRESETS["densenet121"].replace(**changes))
 
 
+@in_legacy_mode
 def densenet161(**changes) -> DenseNet:
     """DenseNet-161 (k=48, blocks 6-12-36-24, 96 stem channels)."""
     return DenseNet(PRESETS["densenet161"].replace(**changes))
 
 
+@in_legacy_mode
 def densenet169(**changes) -> DenseNet:
     """DenseNet-169 (k=32, blocks 6-12-32-32)."""
     return DenseNet(PRESETS["densenet169"].replace(**changes))
 
 
+@in_legacy_mode
 def densenet201(**changes) -> DenseNet:
     """DenseNet-201 (k=32, blocks 6-12-48-32)."""
     return DenseNet(PRESETS["densenet201"].replace(**changes))

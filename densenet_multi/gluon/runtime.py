@@ -18,27 +18,32 @@ names). Two MXNet 1.9 facts shape this module:
   update ``m = mu*m - lr*g; w += m`` equals PyTorch's ``v = mu*v + g; w -= lr*v``
   (``m = -lr*v``) at a constant learning rate.
 
-No function here changes MXNet's global state: numpy-mode switches are left
-alone and the autograd recording/training flags are scoped.
+No function here changes MXNet's global state: each runs with MXNet's numpy
+modes off (:func:`~densenet_multi.gluon.densenet.legacy_mode`) and restores the
+caller's; the autograd recording/training flags are scoped.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon, nd
 
+from .. import checkpoint
 from ..backend import GradOutput
 from ..params import module_table
 from ..reference import ForwardOutput
 from ..spec import DenseNetSpec, InputError, check_input_dtype, check_input_shape
-from .convert import gluon_param, resolve
-from .densenet import DenseNet
+from .convert import export_canonical, gluon_param, load_canonical, resolve
+from .densenet import DenseNet, in_legacy_mode
 
-__all__ = ["build", "run", "gradients", "train_steps", "devices", "context_of"]
+__all__ = ["build", "run", "gradients", "train_steps", "devices", "context_of", "save_checkpoint",
+           "load_checkpoint"]
 
 
 class _SeededInit(mx.init.Initializer):
@@ -79,6 +84,7 @@ def devices() -> list[str]:
     return ["cpu"] + (["gpu"] if mx.context.num_gpus() > 0 else [])
 
 
+@in_legacy_mode
 def build(spec: DenseNetSpec, *, device: str | None = None, seed: int = 0,
           hybridize: bool = False) -> DenseNet:
     """An initialised :class:`DenseNet` for ``spec`` on ``device`` ("cpu" or "gpu").
@@ -193,6 +199,7 @@ def _mean_cross_entropy(logits: nd.NDArray, labels: nd.NDArray) -> nd.NDArray:
 
 
 # ---------------------------------------------------------------------- the contract
+@in_legacy_mode
 def run(net: DenseNet, x: Any, *, train: bool = False) -> ForwardOutput:
     """Forward an NCHW numpy batch; logits and every stage (``spec.stage_names``), NCHW numpy.
 
@@ -235,6 +242,7 @@ def _trainable(net: DenseNet) -> list[tuple[str, gluon.Parameter]]:
     return out
 
 
+@in_legacy_mode
 def gradients(net: DenseNet, x: Any, labels: Any) -> GradOutput:
     """Mean softmax cross-entropy (train mode: batch statistics) and its gradient w.r.t.
     every trainable canonical parameter and the input.
@@ -265,6 +273,7 @@ def gradients(net: DenseNet, x: Any, labels: Any) -> GradOutput:
     )
 
 
+@in_legacy_mode
 def train_steps(net: DenseNet, batches: Iterable[tuple[Any, Any]], *, lr: float,
                 momentum: float) -> list[float]:
     """One SGD-with-momentum step (``gluon.Trainer('sgd')``, no weight decay) per
@@ -289,3 +298,20 @@ def train_steps(net: DenseNet, batches: Iterable[tuple[Any, Any]], *, lr: float,
         trainer.step(1)  # the loss is already a mean: no 1/batch_size rescaling
         losses.append(float(loss.asscalar()))
     return losses
+
+
+# ---------------------------------------------------------------------- checkpoints
+def save_checkpoint(net: DenseNet, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write ``net`` as a canonical safetensors checkpoint (spec in the metadata), atomically."""
+    return checkpoint.save(path, export_canonical(net), net.spec, overwrite=overwrite)
+
+
+@in_legacy_mode
+def load_checkpoint(path: str | os.PathLike, spec: DenseNetSpec | None = None, *,
+                    device: str | None = None, hybridize: bool = False) -> DenseNet:
+    """A network built from a canonical checkpoint (its stored spec, or ``spec``, which
+    must agree with it), with every parameter and running statistic loaded."""
+    params, spec = checkpoint.load(path, spec, dtype=None)
+    net = build(spec, device=device, hybridize=hybridize)
+    load_canonical(net, params)
+    return net

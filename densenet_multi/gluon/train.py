@@ -25,7 +25,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..data import Dataset, load_digits_dataset, load_fashion_mnist
 from ..spec import PRESETS, get_spec
-from .runtime import build, context_of
+from .densenet import in_legacy_mode
+from .runtime import build, context_of, save_checkpoint
 
 __all__ = ["main", "train", "evaluate"]
 
@@ -41,6 +42,7 @@ def evaluate(net: gluon.HybridBlock, loader: gluon.data.DataLoader) -> float:
     return correct / max(total, 1)
 
 
+@in_legacy_mode
 def train(net: gluon.HybridBlock, data: Dataset, *, epochs: int, batch_size: int, lr: float,
           momentum: float = 0.9, wd: float = 1e-4, console: Console | None = None) -> dict:
     """Train ``net`` on ``data``; returns the history (loss and test accuracy per epoch)."""
@@ -105,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@in_legacy_mode
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console()
@@ -132,10 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     acc = history["test_accuracy"][-1] if history["test_accuracy"] else float("nan")
     console.print(f"final test accuracy {acc:.2%} after {args.epochs} epochs in {elapsed:.1f} s")
     if args.save:
-        from ..checkpoint import save
-        from .convert import export_canonical
-
-        path = save(args.save, export_canonical(net), spec, overwrite=True)
+        path = save_checkpoint(net, args.save, overwrite=True)
         console.print(f"saved {path}")
     return 0
 

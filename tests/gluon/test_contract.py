@@ -9,7 +9,16 @@ from conftest import batch
 
 from densenet_multi import reference
 from densenet_multi.backend import SGD_DEFAULTS, load_backend
-from densenet_multi.gluon import build, export_canonical, gradients, load_canonical, run, train_steps
+from densenet_multi.gluon import (
+    build,
+    export_canonical,
+    gradients,
+    load_canonical,
+    load_checkpoint,
+    run,
+    save_checkpoint,
+    train_steps,
+)
 from densenet_multi.params import init_params, param_table
 from densenet_multi.spec import InputError, get_spec
 from densenet_multi.testing import assert_all_close, assert_close
@@ -174,3 +183,37 @@ def test_float64_input_is_computed_in_float32(case_cache):
     b = run(net, x.astype(np.float64)).logits
     assert b.dtype == np.float32
     np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_round_trip(case_cache, tmp_path):
+    spec, params = case_cache("densenet_bc_100_k12")
+    net = build(spec)
+    load_canonical(net, params)
+    path = save_checkpoint(net, tmp_path / "bc.safetensors")
+    with pytest.raises(FileExistsError):
+        save_checkpoint(net, path)
+    again = load_checkpoint(path, hybridize=True)
+    assert again.spec == spec
+    for k, v in export_canonical(again).items():
+        np.testing.assert_array_equal(v, params[k])
+
+
+def test_works_inside_a_numpy_mode_program(case_cache):
+    """A user program that turned on MXNet's numpy mode keeps it, and our functions
+    still work (they run with it off and restore it)."""
+    spec, params = case_cache("densenet40_k12")
+    x = batch(spec, 16)
+    labels = np.array([1, 2])
+    expected = reference.forward(spec, params, x, dtype="float64")
+    mx.npx.set_np()
+    try:
+        net = build(spec)
+        load_canonical(net, params)
+        assert_close(run(net, x).logits, expected.logits, "eval")
+        run(net, x, train=True)
+        gradients(net, x, labels)
+        train_steps(net, [(x, labels)], lr=0.01, momentum=0.9)
+        assert mx.util.is_np_array() and mx.util.is_np_shape()
+    finally:
+        mx.npx.reset_np()
+    assert not mx.util.is_np_array() and not mx.util.is_np_shape()
