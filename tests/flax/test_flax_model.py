@@ -1,0 +1,329 @@
+"""Flax-specific behaviour: explicit padding vs 'SAME', BatchNorm conventions and
+train/eval, remat equivalence, dropout statistics, gradients, SGD steps, bad inputs."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from densenet_multi import reference
+from densenet_multi.layouts import nchw_to_nhwc, nhwc_to_nchw
+from densenet_multi.params import ParameterError, init_params, trainable_names
+from densenet_multi.reference import softmax_cross_entropy
+from densenet_multi.spec import InputError, get_spec
+from densenet_multi.testing import assert_all_close, assert_close, compare
+
+from densenet_multi import flax as backend
+from densenet_multi.flax import DenseLayer, DenseNet
+from densenet_multi.flax.runtime import to_canonical_running_var
+
+from flax_cases import make_input, tiny_spec
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A loaded tiny DenseNet-BC (ImageNet stem) and a 16x16 batch."""
+    spec = tiny_spec()
+    params = init_params(spec, seed=3, nontrivial_bn=True)
+    model = backend.build(spec)
+    backend.load_canonical(model, params)
+    return spec, params, model, make_input(spec, 16, 3, seed=5)
+
+
+def _batch_stats(model: nnx.Module) -> list[np.ndarray]:
+    return [np.array(v.get_value()) for _, v in nnx.to_flat_state(nnx.state(model, nnx.BatchStat))]
+
+
+# ---------------------------------------------------------------------- padding
+def test_explicit_padding_matches_reference_where_same_does_not():
+    """Flax/XLA 'SAME' pads the 7x7/2 stem conv (2, 3) and the 3x3/2 max-pool (0, 1) on
+    an even input; the spec's symmetric (3, 3) and (1, 1) are the reference network."""
+    spec = get_spec("d2l")
+    params = init_params(spec, seed=0, nontrivial_bn=True)
+    model = backend.build(spec)
+    backend.load_canonical(model, params)
+    x = make_input(spec, 32, 2)
+    xj = jnp.asarray(nchw_to_nhwc(x))
+    want_conv = reference.conv2d(x, params["features.conv0.weight"], params["features.conv0.bias"],
+                                 spec.stem_conv)
+
+    ours = nhwc_to_nchw(np.asarray(model.conv0(xj)))
+    assert_close(ours, want_conv, "eval", name="stem conv, explicit padding")
+
+    same = nnx.clone(model.conv0)
+    same.padding = "SAME"
+    theirs = nhwc_to_nchw(np.asarray(same(xj)))
+    assert theirs.shape == want_conv.shape  # same shape, different network
+    assert compare("SAME", theirs, want_conv, 0).rel > 0.1
+
+    # max-pool: explicit -inf padding vs 'SAME', on signed input (where zero padding
+    # would also be wrong); the reference pads with -inf like PyTorch.
+    pool = spec.stem_pool
+    want_pool = reference.max_pool(want_conv, pool)
+    window, strides = (pool.kernel, pool.kernel), (pool.stride, pool.stride)
+    ours_pool = nnx.max_pool(jnp.asarray(nchw_to_nhwc(want_conv)), window, strides, pool.pads)
+    assert_close(nhwc_to_nchw(np.asarray(ours_pool)), want_pool, "eval", name="max-pool")
+    same_pool = nnx.max_pool(jnp.asarray(nchw_to_nhwc(want_conv)), window, strides, "SAME")
+    assert compare("SAME pool", nhwc_to_nchw(np.asarray(same_pool)), want_pool, 0).rel > 0.1
+    assert np.min(want_conv) < 0 and np.max(want_pool) > 0
+
+
+def test_max_pool_pads_with_minus_infinity():
+    x = -1.0 - jnp.arange(16.0).reshape(1, 4, 4, 1)  # all negative
+    y = nnx.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+    assert float(jnp.max(y)) == -1.0  # a zero pad would have won every border window
+
+
+# ---------------------------------------------------------------------- BatchNorm
+def test_batch_norm_conventions(tiny):
+    spec, _, model, _ = tiny
+    norms = [m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.BatchNorm)]
+    assert len(norms) == sum(1 for p in trainable_names(spec) if p.endswith("norm5.weight")
+                             or ".norm" in p and p.endswith(".weight"))
+    for bn in norms:
+        assert bn.momentum == pytest.approx(0.9)  # PyTorch's 0.1
+        assert bn.epsilon == spec.bn_eps
+        assert bn.use_fast_variance is False
+    model.eval()
+    assert all(bn.use_running_average for bn in norms)
+    model.train()
+    assert not any(bn.use_running_average for bn in norms)
+
+
+def test_fast_variance_would_lose_precision():
+    """Why use_fast_variance=False: E[x^2] - E[x]^2 cancels in float32 when |mean| >> std."""
+    x = (1000.0 + jax.random.normal(jax.random.key(0), (64, 4, 4, 3))).astype(jnp.float32)
+    want = np.var(np.asarray(x, np.float64), axis=(0, 1, 2))
+    errs = {}
+    for fast in (True, False):
+        bn = nnx.BatchNorm(3, use_fast_variance=fast, momentum=0.0, rngs=nnx.Rngs(0))
+        bn(x)  # momentum 0: the running variance becomes the batch variance
+        errs[fast] = np.max(np.abs(np.asarray(bn.var.get_value()) - want) / want)
+    assert errs[False] < 1e-4 < errs[True]
+
+
+def test_eval_leaves_batch_stats_unchanged(tiny):
+    spec, params, model, x = tiny
+    backend.load_canonical(model, params)
+    before = _batch_stats(model)
+    backend.run(model, x, train=False)
+    model.eval()
+    model(jnp.asarray(nchw_to_nhwc(x)))  # eager call in eval mode too
+    after = _batch_stats(model)
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    backend.run(model, x, train=True)
+    changed = _batch_stats(model)
+    assert not any(np.array_equal(a, b) for a, b in zip(before, changed))
+    backend.load_canonical(model, params)
+
+
+def test_running_var_conversion_helper():
+    rng = np.random.default_rng(0)
+    old = rng.uniform(0.5, 2, 7).astype(np.float32)
+    v = rng.uniform(0.1, 3, 7)
+    n = 6
+    flax_new = (0.9 * old + 0.1 * v).astype(np.float32)
+    torch_new = 0.9 * old + 0.1 * v * n / (n - 1)
+    assert_close(to_canonical_running_var(old, flax_new, 0.9, n), torch_new, "running")
+
+
+# ---------------------------------------------------------------------- remat
+@pytest.mark.parametrize("bottleneck", [True, False], ids=["bottleneck", "plain"])
+def test_memory_efficient_same_outputs_and_gradients(bottleneck):
+    spec = tiny_spec(bn_size=2 if bottleneck else None, conv_bias=not bottleneck)
+    params = init_params(spec, seed=4, nontrivial_bn=True)
+    x = make_input(spec, 16, 3, seed=1)
+    labels = np.array([0, 3, 4])
+    outs = {}
+    for me in (False, True):
+        model = backend.build(spec.replace(memory_efficient=me))
+        backend.load_canonical(model, params)
+        outs[me] = (backend.run(model, x, train=True), backend.gradients(model, x, labels))
+        if me:  # the rematerialised sub-block is really there
+            model.train()
+            graphdef, state = nnx.split(model)
+            jaxpr = jax.make_jaxpr(jax.grad(
+                lambda s: nnx.merge(graphdef, s)(jnp.asarray(nchw_to_nhwc(x))).sum()))(state)
+            assert "checkpoint" in str(jaxpr) or "remat" in str(jaxpr)
+    (r0, g0), (r1, g1) = outs[False], outs[True]
+    assert_all_close(r1.stages, r0.stages, "train")
+    assert_all_close(r1.running, r0.running, "running")
+    assert g1.loss == pytest.approx(g0.loss, rel=1e-6)
+    assert_all_close(g1.params, g0.params, "grad")
+    assert_close(g1.input, g0.input, "grad")
+    assert all(np.any(g != 0) for g in g1.params.values()), "a parameter got no gradient"
+
+
+# ---------------------------------------------------------------------- dropout
+def test_dropout_statistics():
+    spec = tiny_spec(drop_rate=0.3, bn_size=None)
+    layer = DenseLayer(spec, 16, None, rngs=nnx.Rngs(params=0, dropout=1))
+    x = [jax.random.normal(jax.random.key(2), (8, 8, 8, 16))]
+    layer.train()
+    kept = layer.growth(x[0])  # the same train-mode BN, no dropout
+    y1, y2 = layer(x), layer(x)
+    for y in (y1, y2):
+        y = np.asarray(y)
+        dropped = y == 0
+        frac = dropped.mean()
+        n = y.size  # 8*8*8*4 = 2048 draws: 0.3 +- 5 sigma
+        assert abs(frac - 0.3) < 5 * np.sqrt(0.3 * 0.7 / n)
+        np.testing.assert_allclose(y[~dropped], np.asarray(kept)[~dropped] / 0.7, rtol=1e-5)
+    assert not np.array_equal(np.asarray(y1) == 0, np.asarray(y2) == 0)  # the stream advances
+    layer.eval()
+    assert not np.any(np.asarray(layer(x)) == 0)
+
+
+def test_dropout_is_seeded():
+    spec = tiny_spec(drop_rate=0.5)
+    x = make_input(spec, 16, 2)
+    outs = []
+    for _ in range(2):
+        model = backend.build(spec, seed=7)
+        outs.append(backend.run(model, x, train=True).logits)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+# ---------------------------------------------------------------------- gradients, SGD
+def _loss(spec, params, x, labels):
+    out = reference.forward(spec, params, x.astype(np.float64), train=True, dtype="float64")
+    return softmax_cross_entropy(out.logits, labels)
+
+
+def test_gradients_match_finite_differences_of_the_reference(tiny):
+    """Directional derivatives of the reference loss (float64, central differences) along
+    a random direction in each parameter and in the input: catches a wrong layout or name."""
+    spec, params, model, x = tiny
+    labels = np.array([1, 0, 4])
+    backend.load_canonical(model, params)
+    before = backend.export_canonical(model)
+    g = backend.gradients(model, x, labels)
+    after = backend.export_canonical(model)
+    assert all(np.array_equal(before[k], after[k]) for k in before)  # functional
+    assert list(g.params) == trainable_names(spec)
+    assert g.loss == pytest.approx(_loss(spec, params, x, labels), rel=1e-5)
+    rng = np.random.default_rng(0)
+    p64 = {k: v.astype(np.float64) for k, v in params.items()}
+    eps = 1e-5
+    fd, ad = {}, {}
+    for name in [*g.params, "input"]:
+        base = x.astype(np.float64) if name == "input" else p64[name]
+        d = rng.standard_normal(base.shape)
+        d /= np.linalg.norm(d)
+
+        def at(t):
+            if name == "input":
+                return _loss(spec, p64, base + t * d, labels)
+            return _loss(spec, {**p64, name: base + t * d}, x, labels)
+
+        fd[name] = np.array([(at(eps) - at(-eps)) / (2 * eps)])
+        grad = g.input if name == "input" else g.params[name]
+        ad[name] = np.array([np.sum(grad.astype(np.float64) * d)])
+    # One comparison over all directional derivatives, relative to the largest.
+    names = list(fd)
+    assert_close(np.concatenate([ad[k] for k in names]), np.concatenate([fd[k] for k in names]),
+                 "grad", name="directional derivatives")
+
+
+def test_train_steps_follow_the_sgd_momentum_update(tiny):
+    """Two steps of optax SGD + momentum equal PyTorch's update rule applied by hand
+    to our own gradients."""
+    spec, params, model, x = tiny
+    labels = np.array([2, 2, 0])
+    lr, mu = 0.05, 0.9
+    backend.load_canonical(model, params)
+    g1 = backend.gradients(model, x, labels)
+    losses = backend.train_steps(model, [(x, labels), (x, labels)], lr=lr, momentum=mu)
+    assert losses[0] == pytest.approx(g1.loss, rel=1e-6)
+    # By hand: v1 = g1, p1 = p0 - lr*v1; v2 = mu*v1 + g2, p2 = p1 - lr*v2.
+    check = backend.build(spec)
+    backend.load_canonical(check, params)
+    backend.train_steps(check, [(x, labels)], lr=lr, momentum=mu)
+    p1 = backend.export_canonical(check)
+    g2 = backend.gradients(check, x, labels)
+    assert losses[1] == pytest.approx(g2.loss, rel=1e-5)
+    want = {k: p1[k] - lr * (mu * g1.params[k] + g2.params[k]) for k in g1.params}
+    got = backend.export_canonical(model)
+    assert_all_close({k: got[k] for k in want}, want, "trajectory")
+    assert losses[1] < losses[0]
+    backend.load_canonical(model, params)
+
+
+# ---------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "shape, dtype, match",
+    [
+        ((3, 16, 16), np.float32, "4-d"),
+        ((2, 16, 16, 3), np.float32, "looks like an NHWC"),
+        ((2, 1, 16, 16), np.float32, r"\(N, 3, H, W\)"),
+        ((2, 3, 16, 16), np.int64, "dtype"),
+        ((2, 3, 4, 4), np.float32, "too small"),
+        ((0, 3, 16, 16), np.float32, "non-empty"),
+    ],
+)
+def test_bad_inputs_raise_input_error(tiny, shape, dtype, match):
+    spec, _, model, _ = tiny
+    with pytest.raises(InputError, match=match):
+        backend.run(model, np.zeros(shape, dtype))
+
+
+def test_model_call_wants_nhwc(tiny):
+    spec, _, model, x = tiny
+    with pytest.raises(InputError, match="looks like an NCHW"):
+        model(jnp.asarray(x))
+
+
+def test_bad_labels_raise_input_error(tiny):
+    spec, _, model, x = tiny
+    with pytest.raises(InputError, match="labels"):
+        backend.gradients(model, x, np.array([0, 1, spec.num_classes]))
+    with pytest.raises(InputError, match="integer labels"):
+        backend.gradients(model, x, np.array([0.0, 1.0, 2.0]))
+
+
+def test_load_validates_everything_and_copies_nothing(tiny):
+    spec, params, model, _ = tiny
+    backend.load_canonical(model, params)
+    bad = {k: v + 1 for k, v in params.items()}
+    del bad["features.norm5.running_var"]
+    bad["classifier.weight"] = np.zeros((3, 3), np.float32)
+    bad["features.bogus"] = np.zeros(1, np.float32)
+    with pytest.raises(ParameterError) as e:
+        backend.load_canonical(model, bad)
+    msg = str(e.value)
+    assert "norm5.running_var" in msg and "classifier.weight" in msg and "bogus" in msg
+    now = backend.export_canonical(model)
+    assert all(np.array_equal(now[k], params[k]) for k in params)
+
+
+def test_devices_and_device_selection():
+    assert backend.devices()[0] == "cpu"
+    spec = tiny_spec()
+    model = backend.build(spec, device="cpu")
+    kernel = model.conv0.kernel.get_value()
+    assert next(iter(kernel.devices())).platform == "cpu"
+    with pytest.raises(ValueError, match="not available"):
+        backend.build(spec, device="tpu")
+    if "gpu" in backend.devices():  # pragma: no cover - CPU-only CI
+        x = make_input(spec, 16, 2)
+        p = init_params(spec, seed=0, nontrivial_bn=True)
+        outs = []
+        for dev in ("cpu", "gpu"):
+            m = backend.build(spec, device=dev)
+            backend.load_canonical(m, p)
+            outs.append(backend.run(m, x).logits)
+        assert_close(outs[1], outs[0], "device")
+
+
+def test_public_parts_and_constructors():
+    import densenet_multi.flax.densenet as mod
+
+    names = ["ConvBlock", "DenseLayer", "DenseBlock", "Transition", "DenseNet"]
+    src = open(mod.__file__).read()
+    assert [src.index(f"class {n}(") for n in names] == sorted(
+        src.index(f"class {n}(") for n in names)
+    model = nnx.eval_shape(lambda: mod.densenet121(num_classes=7))
+    assert isinstance(model, DenseNet) and model.spec.num_classes == 7
