@@ -133,13 +133,16 @@ class Case:
 
 
 # The shipped cases. All have drop_rate 0 (dropout cannot agree across
-# frameworks) and batch 2. DenseNet-121 at 224x224 is by far the most
-# expensive (about 80% of the run's time): the checks that compare values
-# run on it all the same, because 224 is where the ImageNet zoo weights live
-# and where a fixed 7x7 pooling head would still pass at 224 only.
+# frameworks), batch 2, float32, seed 0 and K = 3 trajectory steps.
+# DenseNet-121 at 224x224 costs more than the three others together, in the
+# harness as in the workers: its float64 reference trajectory (run twice, for
+# the conditioning probe) would take about 3 minutes on 2 cores, so at 224 the
+# trajectory is compared between backends only (its first loss still against
+# the reference); its gradients are compared against the reference.
 DEFAULT_CASES: tuple[Case, ...] = (
     Case("d2l", "d2l", (96, 96), changes={"drop_rate": 0.0}),
-    Case("densenet121", "densenet121", (224, 224), changes={"drop_rate": 0.0}),
+    Case("densenet121", "densenet121", (224, 224), changes={"drop_rate": 0.0},
+         reference=("grad",)),
     Case("densenet_bc_100_k12", "densenet_bc_100_k12", (32, 32), changes={"drop_rate": 0.0}),
     Case("densenet40_k12", "densenet40_k12", (32, 32), changes={"drop_rate": 0.0}),
 )

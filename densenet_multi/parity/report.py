@@ -275,7 +275,7 @@ def write_reports(run_dir: Path, ccs: Sequence[CaseComparison], backends: Sequen
                 "contract_notes": {b: sorted(set(n)) for b, n in cc.notes.items() if n},
                 "versions": cc.versions,
                 "table": {b: {c: dict(zip(("status", "worst_rel", "first_fail"),
-                                          backend_cell(cc, b, c)))
+                                          backend_cell(cc, b, c), strict=True))
                               for c in _checks_in(cc)} for b in backends},
                 "comparisons": [c.to_dict() for c in cc.cells],
             }

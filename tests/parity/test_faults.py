@@ -5,13 +5,12 @@ through the real runner."""
 from __future__ import annotations
 
 import pytest
+from parity_helpers import TINY_BC, cell, fake, run
 
 from densenet_multi.parity.cases import Case
 from densenet_multi.parity.compare import FAIL, PASS, UNSUPPORTED
 from densenet_multi.spec import get_spec
 from densenet_multi.testing import tolerance
-
-from parity_helpers import TINY_BC, cell, fake, run
 
 FORWARD_FAKES = ["good", "same_padding", "initial_width", "momentum_convention",
                  "channels_last", "hwio_reshape", "hwio_reshape_export"]

@@ -17,7 +17,6 @@ from densenet_multi.parity.compare import (
     MISSING,
     PASS,
     Cell,
-    Item,
     compare_exact,
     compare_items,
     trajectory_items,
