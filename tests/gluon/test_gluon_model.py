@@ -9,7 +9,7 @@ import sys
 import mxnet as mx
 import numpy as np
 import pytest
-from conftest import PRESET_SIZES, batch
+from gluon_cases import PRESET_SIZES, batch
 
 from densenet_multi import reference
 from densenet_multi.gluon import (

@@ -9,7 +9,7 @@ from __future__ import annotations
 import mxnet as mx
 import numpy as np
 import pytest
-from conftest import batch
+from gluon_cases import batch
 from mxnet.gluon.model_zoo import vision
 
 from densenet_multi.gluon import build, export_canonical, from_zoo, load_canonical, run, to_zoo

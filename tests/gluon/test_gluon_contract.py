@@ -5,7 +5,7 @@ from __future__ import annotations
 import mxnet as mx
 import numpy as np
 import pytest
-from conftest import batch
+from gluon_cases import batch
 
 from densenet_multi import reference
 from densenet_multi.backend import SGD_DEFAULTS, load_backend
