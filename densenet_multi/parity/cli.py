@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="parity-runs/latest", help="run folder (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
                    help="seconds per worker (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="workers to run at a time (default: %(default)s)")
     p.add_argument("--require-all", action="store_true",
                    help="exit non-zero if a backend is missing or a check unsupported")
     p.add_argument("--no-progress", action="store_true")
@@ -97,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     if args.no_progress:
         result = run_parity(cases, backends, out, pythons=pythons, allow_tf32=args.allow_tf32,
-                            timeout=args.timeout)
+                            timeout=args.timeout, jobs=args.jobs)
     else:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -106,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       console=console, transient=False) as progress:
             result = run_parity(cases, backends, out, pythons=pythons,
                                 allow_tf32=args.allow_tf32, timeout=args.timeout,
-                                progress=progress)
+                                progress=progress, jobs=args.jobs)
     from .compare import compare_run
     from .report import exit_status, render_terminal, write_reports
 

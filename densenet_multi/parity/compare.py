@@ -469,9 +469,11 @@ def compare_case(case: Case, case_dir: Path, backends: Sequence[str],
                 G, C = _sub(rg.arrays, c), _sub(rc.arrays, c)
                 keys = [k for k in C if k in G] + [k for k in G if k not in C]
                 keys = _device_order(keys, stage_order, porder)
-                items += compare_items({f"{c} {k}": G[k] for k in G},
-                                       {f"{c} {k}": C[k] for k in C},
-                                       [f"{c} {k}" for k in keys], "device", dt)
+                def lab(k: str, c: str = c) -> str:
+                    return f"{c} {k.split(SEP)[-1]}"  # "eval stem", "grad features.conv0.weight"
+
+                items += compare_items({lab(k): G[k] for k in G}, {lab(k): C[k] for k in C},
+                                       [lab(k) for k in keys], "device", dt)
             status = _status_of(items) if items else ERROR
             if bad:
                 status = worst_status([status, ERROR])

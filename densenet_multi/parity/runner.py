@@ -390,6 +390,19 @@ def run_worker(
     return out
 
 
+def _each(fn: Callable[[BackendTarget], None], backends: Sequence[BackendTarget],
+          jobs: int) -> None:
+    if jobs <= 1 or len(backends) <= 1:
+        for b in backends:
+            fn(b)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for f in [pool.submit(fn, b) for b in backends]:
+            f.result()
+
+
 def _kill(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -408,10 +421,12 @@ def run_parity(
     allow_tf32: bool = False,
     timeout: float = DEFAULT_TIMEOUT_S,
     progress: Any = None,
+    jobs: int = 1,
 ) -> RunResult:
     """Prepare the run folder, run every backend's worker (main phase, then the
     copy phase), and return what happened. ``progress`` is an optional
-    :class:`rich.progress.Progress` to show the workers' progress in."""
+    :class:`rich.progress.Progress` to show the workers' progress in; ``jobs``
+    workers run at a time (default one: the frameworks use every core anyway)."""
     t0 = time.perf_counter()
     run_dir = Path(run_dir).resolve()
     root = find_project_root()
@@ -432,10 +447,10 @@ def run_parity(
         for b in backends:
             tasks[b.name] = progress.add_task(f"{b.name}: waiting", total=total or 1)
 
-    for b in backends:
+    def main_phase(b: BackendTarget) -> None:
         task = tasks.get(b.name)
 
-        def on_event(ev: dict[str, Any], b: BackendTarget = b, task: Any = task) -> None:
+        def on_event(ev: dict[str, Any]) -> None:
             if progress is None or task is None:
                 return
             st = ev.get("status")
@@ -458,15 +473,15 @@ def run_parity(
             progress.update(task, completed=total or 1,
                             description=f"{b.name}: {out.status} ({out.seconds:.0f} s)")
 
+    _each(main_phase, backends, jobs)
+
     # Phase 2 of the copy check: every backend loads every other backend's export.
     with_exports = [b.name for b in backends
                     if outcomes[b.name]["main"].status in ("ok", "crashed", "timeout")]
     copy_cases = [case_dirs[c.name].name for c in cases if c.has("copy")]
     if len(with_exports) > 1 and copy_cases:
         ctask = progress.add_task("copy phase", total=len(with_exports)) if progress else None
-        for b in backends:
-            if outcomes[b.name]["main"].status != "ok":
-                continue
+        def copy_phase(b: BackendTarget) -> None:
             if progress is not None:
                 progress.update(ctask, description=f"copy phase: {b.name} loads the others")
             outcomes[b.name]["copy"] = run_worker(
@@ -474,6 +489,9 @@ def run_parity(
                 sources=[s for s in with_exports if s != b.name], timeout=timeout, root=root)
             if progress is not None:
                 progress.advance(ctask)
+
+        _each(copy_phase, [b for b in backends if outcomes[b.name]["main"].status == "ok"],
+              jobs)
     return RunResult(run_dir, list(cases), case_dirs, list(backends), outcomes,
                      {k: v[0] for k, v in resolved.items()}, devices, allow_tf32,
                      seconds=round(time.perf_counter() - t0, 2))

@@ -31,6 +31,9 @@ use the reference's tape (densenet_multi.reference_grad) in float64, rounded
 to float32 (a float32 NumPy tape is less accurate than the frameworks), and
 ``grad_bug`` then scales the gradient of the transition1 kernel by 1.01.
 
+``fake_gpu`` claims a "cuda" device (and computes the same there);
+``fake_gpu_tf32`` keeps only TF32's 10 mantissa bits in the stem on it.
+
 ``crash`` exits the interpreter in the middle of the eval check; ``hang``
 sleeps past any test timeout; ``raises`` raises a RuntimeError in eval.
 """
@@ -91,6 +94,7 @@ class Model:
     spec: DenseNetSpec  # what the harness asked for
     mspec: DenseNetSpec  # what this (buggy) backend actually builds
     store: dict[str, np.ndarray]  # in the backend's own layout
+    device: str = "cpu"
 
 
 class Fake:
@@ -99,13 +103,13 @@ class Fake:
                  reshape_load: bool = False, transpose_export: bool = False,
                  int_rounding: bool = False, grads: bool = False,
                  grad_bug: bool = False, crash: bool = False, hang: bool = False,
-                 raises: bool = False) -> None:
+                 raises: bool = False, gpu: bool = False, tf32: bool = False) -> None:
         self.__dict__.update(locals())
         del self.__dict__["self"]
 
     # -- contract -------------------------------------------------------------------
     def devices(self) -> list[str]:
-        return ["cpu"]
+        return ["cpu", "cuda"] if self.gpu else ["cpu"]
 
     def _mspec(self, spec: DenseNetSpec) -> DenseNetSpec:
         m = spec
@@ -119,7 +123,7 @@ class Fake:
 
     def build(self, spec: DenseNetSpec, *, device: str | None = None, seed: int = 0) -> Model:
         mspec = self._mspec(spec)
-        model = Model(spec, mspec, {})
+        model = Model(spec, mspec, {}, device or "cpu")
         self._store(model, init_params(mspec, seed + 12345))
         return model
 
@@ -195,6 +199,9 @@ class Fake:
             y = ctx.conv(x, "features.conv0", s.stem_conv)
             if s.stem_pool is not None:
                 y = reference.max_pool(relu(ctx.bn(y, "features.norm0")), s.stem_pool)
+        if self.tf32 and model.device == "cuda":
+            # BUG: a "GPU" that keeps 10 mantissa bits (TF32) in the stem conv
+            y = (y.astype(np.float32).view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
         stages["stem"] = y
         for bp in s.channel_plan.blocks:
             y = reference.dense_block(ctx, y, bp.index, bp.num_layers)
@@ -243,3 +250,6 @@ grad_bug = Fake(grads=True, grad_bug=True)
 crash = Fake(crash=True)
 hang = Fake(hang=True)
 raises = Fake(raises=True)
+#: "GPU" fakes (the same NumPy code on device "cuda"): the device check's comparison logic
+fake_gpu = Fake(gpu=True, grads=True)
+fake_gpu_tf32 = Fake(gpu=True, grads=True, tf32=True)

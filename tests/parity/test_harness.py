@@ -184,7 +184,7 @@ def faulty_run(tmp_path_factory):
     backends = [fake("good"), BackendTarget("torch"), BackendTarget("broken", "no_such_module_x"),
                 fake("crash"), fake("hang"), fake("raises")]
     result, ccs = run(tmp_path_factory.mktemp("faulty"), [case], backends,
-                      pythons={"torch": "/nonexistent/python"}, timeout=20)
+                      pythons={"torch": "/nonexistent/python"}, timeout=20, jobs=3)
     return result, ccs["tiny"]
 
 
@@ -265,6 +265,21 @@ def test_gpu_checks_say_not_available_without_a_gpu(tmp_path):
     c = cell(ccs["tiny"], "device", "good")
     assert c.status == "not available"
     assert cell(ccs["tiny"], "eval", "good").status == PASS
+
+
+def test_device_check_compares_the_gpu_run_with_the_cpu_run(tmp_path):
+    from parity_helpers import TINY_BC
+
+    case = Case("bc", TINY_BC, (16, 16), checks=("eval", "train", "grad", "device"),
+                device="cuda")
+    _, ccs = run(tmp_path, [case], [fake("fake_gpu"), fake("fake_gpu_tf32"), fake("good")])
+    cc = ccs["bc"]
+    ok = cell(cc, "device", "fake_gpu")
+    assert ok.status == PASS and ok.items and ok.items[0].tol == tolerance("device", "float32")
+    bad = cell(cc, "device", "fake_gpu_tf32")
+    assert bad.status == FAIL and bad.first_fail.item == "eval stem"
+    assert cell(cc, "eval", "fake_gpu_tf32").status == PASS  # its CPU run is right
+    assert cell(cc, "device", "good").status == "not available"
 
 
 def test_checks_listed_everywhere():
