@@ -130,6 +130,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="use the first N training and N test examples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads(N) (1 is fastest on a busy shared CPU)")
     p.add_argument("--save", metavar="CKPT", help="write a canonical .safetensors checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --save file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -139,6 +141,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.data == "digits":
         data = load_digits_dataset(size=args.size, seed=args.seed)
     else:
