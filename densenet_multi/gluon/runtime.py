@@ -9,10 +9,11 @@ names). Two MXNet 1.9 facts shape this module:
   variance. :func:`run` with ``train=True`` therefore runs one backward pass
   (w.r.t. the input only, with a zero head gradient, so no parameter gradient
   buffer is touched) and then converts the update to the canonical (PyTorch)
-  convention with :func:`_pytorch_running_var`: the model ends up holding, and
-  ``run`` returns, exactly the statistics PyTorch's train-mode forward would
-  leave. :func:`train_steps` does the same after each step;
-  :func:`gradients` restores the running statistics it found.
+  convention with :func:`_pytorch_running_var`: ``run`` returns exactly the
+  statistics PyTorch's train-mode forward would leave, and puts the model's
+  back as they were (``run`` and ``gradients`` never change the model, as in
+  the PyTorch backend). :func:`train_steps` writes the converted statistics
+  into the model after each step, so training follows PyTorch's trajectory.
 * ``Trainer.step(batch_size)`` rescales gradients by ``1/batch_size``; we
   differentiate the *mean* loss and call ``step(1)``. MXNet's SGD momentum
   update ``m = mu*m - lr*g; w += m`` equals PyTorch's ``v = mu*v + g; w -= lr*v``
@@ -149,10 +150,11 @@ def _bn_counts(net: DenseNet, n: int, h: int, w: int) -> dict[str, int]:
         head = ref.part[0]
         if head == "stem":  # norm0 sees the stem conv's output, before the max-pool
             hw = stem.out_size(h) * stem.out_size(w)
-        else:  # a block's BNs and the following transition's BN (before its pool) see the
-            # block's size; norm5 the last block's
-            stage = {"block": "block", "transition": "block"}.get(head)
-            _, sh, sw = shapes[f"{stage}{ref.part[1] + 1}"] if stage else shapes["features"]
+        else:
+            # a block's BNs, and the following transition's BN (before its pool), see the
+            # block's output size; norm5 the last block's (= the features stage)
+            stage = "features" if head == "norm5" else f"block{ref.part[1] + 1}"
+            _, sh, sw = shapes[stage]
             hw = sh * sw
         for info in ref.params:
             if info.attr == "running_var":
@@ -174,22 +176,21 @@ def _pytorch_running_var(old: np.ndarray, new: np.ndarray, momentum: float,
     return (new64 + (new64 - (1.0 - momentum) * old64) / max(count - 1, 1)).astype(np.float32)
 
 
-def _canonicalise_running(net: DenseNet, before: dict[str, np.ndarray],
-                          counts: dict[str, int]) -> dict[str, np.ndarray]:
-    """After a backward pass, rewrite the BN running variances in PyTorch's convention
-    (the means agree already) and return all running statistics by canonical name."""
+def _canonical_running(net: DenseNet, before: dict[str, np.ndarray],
+                       counts: dict[str, int]) -> dict[str, np.ndarray]:
+    """After a backward pass, every BN running statistic by canonical name in PyTorch's
+    convention: the means agree already, the variances are converted."""
     out = {}
     for name, attr, p in _running_pairs(net):
         value = p.data().asnumpy()
         if attr == "running_var":
             value = _pytorch_running_var(before[name], value, net.spec.bn_momentum,
                                          counts[name])
-            p.set_data(nd.array(value, ctx=p.list_ctx()[0], dtype=np.float32))
         out[name] = value.astype(np.float32, copy=True)
     return out
 
 
-def _restore_running(net: DenseNet, values: dict[str, np.ndarray]) -> None:
+def _write_running(net: DenseNet, values: dict[str, np.ndarray]) -> None:
     for name, _, p in _running_pairs(net):
         p.set_data(nd.array(values[name], ctx=p.list_ctx()[0], dtype=np.float32))
 
@@ -208,9 +209,10 @@ def run(net: DenseNet, x: Any, *, train: bool = False) -> ForwardOutput:
     statistics only in the backward pass and with the biased variance, one
     backward pass is run (gradient w.r.t. the input only, zero head gradient:
     no parameter or gradient buffer changes) and the running variances are then
-    converted to PyTorch's unbiased update (:func:`_pytorch_running_var`). The
-    model keeps, and ``running`` holds, the canonical statistics, as after a
-    PyTorch train-mode forward; ``extras["mxnet_running"]`` holds MXNet's own.
+    converted to PyTorch's unbiased update (:func:`_pytorch_running_var`):
+    ``running`` holds the canonical statistics a PyTorch train-mode forward
+    would leave, ``extras["mxnet_running"]`` MXNet's own. The model's running
+    statistics are then put back: ``run`` never changes the model.
     Bad input raises :class:`~densenet_multi.spec.InputError`.
     """
     xd = _as_batch(net, x)
@@ -226,7 +228,8 @@ def run(net: DenseNet, x: Any, *, train: bool = False) -> ForwardOutput:
     logits = stages["logits"]
     autograd.grad(logits, [xd], head_grads=nd.zeros_like(logits), train_mode=True)
     native = _running_snapshot(net)
-    running = _canonicalise_running(net, before, _bn_counts(net, *xd.shape[:1], *xd.shape[2:]))
+    running = _canonical_running(net, before, _bn_counts(net, *xd.shape[:1], *xd.shape[2:]))
+    _write_running(net, before)
     out = {k: v.asnumpy() for k, v in stages.items()}
     return ForwardOutput(logits=out["logits"], stages=out, running=running,
                          extras={"mxnet_running": native})
@@ -265,7 +268,7 @@ def gradients(net: DenseNet, x: Any, labels: Any) -> GradOutput:
             loss = _mean_cross_entropy(net(xd), yd)
         grads = autograd.grad(loss, [p.data() for _, p in pairs] + [xd], train_mode=True)
     finally:
-        _restore_running(net, before)
+        _write_running(net, before)
     return GradOutput(
         loss=float(loss.asscalar()),
         params={name: g.asnumpy() for (name, _), g in zip(pairs, grads[:-1], strict=True)},
@@ -294,7 +297,8 @@ def train_steps(net: DenseNet, batches: Iterable[tuple[Any, Any]], *, lr: float,
         with autograd.record(train_mode=True):
             loss = _mean_cross_entropy(net(xd), yd)
         loss.backward()
-        _canonicalise_running(net, before, _bn_counts(net, *xd.shape[:1], *xd.shape[2:]))
+        _write_running(net, _canonical_running(net, before,
+                                               _bn_counts(net, *xd.shape[:1], *xd.shape[2:])))
         trainer.step(1)  # the loss is already a mean: no 1/batch_size rescaling
         losses.append(float(loss.asscalar()))
     return losses
