@@ -91,8 +91,10 @@ class ConvBlock(nn.Module):
     def layers(in_channels: int, out_channels: int, geometry: ConvGeometry,
                spec: DenseNetSpec) -> tuple[nn.BatchNorm2d, nn.ReLU, nn.Conv2d]:
         """The BN, ReLU and conv layers of one conv block, configured from the spec."""
-        # inplace=False: the BN output is needed by autograd (and, in a dense
-        # block, the concatenated input is shared by every later layer).
+        # Out-of-place ReLU: torchvision's inplace=True saves one activation per
+        # layer, but the block's memory is dominated by the concatenations (see
+        # memory_efficient), and in-place ops on tensors that hooks or a
+        # checkpoint recomputation may still hold are a source of silent errors.
         return _norm(in_channels, spec), nn.ReLU(inplace=False), _conv(
             in_channels, out_channels, geometry, spec
         )
@@ -144,7 +146,7 @@ class DenseLayer(nn.Module):
             yield
         finally:
             with torch.no_grad():
-                for b, s in zip(bn.buffers(), saved):
+                for b, s in zip(bn.buffers(), saved, strict=True):
                     b.copy_(s)
 
     def forward(self, features: list[Tensor]) -> Tensor:
@@ -256,8 +258,10 @@ class DenseNet(nn.Module):
         features.add_module("norm5", _norm(plan.final_channels, spec))
         self.features = features
         self.classifier = nn.Linear(plan.final_channels, spec.num_classes)
-        # child name -> stage name (stem, block1, transition1, ..., blockN)
-        self._stage_of: dict[str, str] = dict(zip(stage_ends, spec.stage_names))
+        # child name -> stage name (stem, block1, transition1, ..., blockN; the last
+        # three stages, features/pooled/logits, come after `features`)
+        self._stage_of: dict[str, str] = dict(zip(stage_ends, spec.stage_names[:-3],
+                                                  strict=True))
         self.reset_parameters()
 
     # ------------------------------------------------------------------ structure

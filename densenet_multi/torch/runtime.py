@@ -132,7 +132,7 @@ def gradients(model: DenseNet, x: np.ndarray, labels: np.ndarray) -> GradOutput:
         grads = torch.autograd.grad(loss, [*tensors, xt])
     return GradOutput(
         loss=float(loss.detach()),
-        params={n: _numpy(g) for n, g in zip(names, grads[:-1])},
+        params={n: _numpy(g) for n, g in zip(names, grads[:-1], strict=True)},
         input=_numpy(grads[-1]),
     )
 

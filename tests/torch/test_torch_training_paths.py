@@ -10,11 +10,11 @@ from torch_cases import TINY, TINY_PLAIN, case, labels
 
 import densenet_multi.torch as dt
 import densenet_multi.torch.densenet as densenet_module
+from densenet_multi.backend import SGD_DEFAULTS
+from densenet_multi.params import param_table
 from densenet_multi.reference import forward
 from densenet_multi.reference_grad import gradients as ref_gradients
 from densenet_multi.reference_grad import train_steps as ref_train_steps
-from densenet_multi.backend import SGD_DEFAULTS
-from densenet_multi.params import param_table
 from densenet_multi.spec import get_spec
 from densenet_multi.testing import assert_all_close, assert_close, tolerance
 
