@@ -90,6 +90,12 @@ def _variables(layer: keras.layers.Layer, ref: ModuleRef) -> dict[str, keras.Var
     return {p.name: getattr(layer, _KERAS_VARIABLE[ref.kind, p.attr]) for p in ref.params}
 
 
+def to_numpy(value: Any) -> np.ndarray:
+    """A numpy copy of a Keras variable or a backend tensor (``.numpy()`` where there is one:
+    numpy 2's ``np.array(tf.Variable)`` warns about the ``copy`` keyword)."""
+    return np.array(value.numpy() if hasattr(value, "numpy") else value)
+
+
 def _ensure_built(model: DenseNet) -> None:
     if not model.built:
         model.build()
@@ -135,7 +141,7 @@ def _assign_all(variables: Mapping[str, keras.Variable], params: Mapping[str, np
 
 def _read_all(variables: Mapping[str, keras.Variable], kinds: Mapping[str, str]
               ) -> dict[str, np.ndarray]:
-    return {name: _from_keras(kinds[name], keras.ops.convert_to_numpy(var)).astype(np.float32)
+    return {name: _from_keras(kinds[name], to_numpy(var)).astype(np.float32)
             for name, var in variables.items()}
 
 

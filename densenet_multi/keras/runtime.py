@@ -10,7 +10,8 @@ under ``KERAS_BACKEND=jax``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import keras
@@ -22,7 +23,7 @@ from ..backend import GradOutput
 from ..params import module_table, running_stat_names
 from ..reference import ForwardOutput
 from ..spec import DenseNetSpec, check_input_dtype, check_input_shape
-from .convert import canonical_variables
+from .convert import canonical_variables, to_numpy
 from .densenet import DenseNet, from_spec
 
 __all__ = ["build", "run", "gradients", "train_steps", "devices", "to_canonical_running_var",
@@ -53,7 +54,7 @@ def _nhwc_batch(model: DenseNet, x: Any) -> np.ndarray:
 def _canonical_stages(stages: Mapping[str, Any]) -> dict[str, np.ndarray]:
     out = {}
     for name, value in stages.items():
-        a = np.asarray(ops.convert_to_numpy(value), dtype=np.float32)
+        a = np.asarray(to_numpy(value), dtype=np.float32)
         out[name] = layouts.nhwc_to_nchw(a) if a.ndim == 4 else a
     return out
 
@@ -119,16 +120,61 @@ def _running_to_canonical(spec: DenseNetSpec, old: Mapping[str, np.ndarray],
 
 
 def _read(variables: Mapping[str, keras.Variable], names: Iterable[str]) -> dict[str, np.ndarray]:
-    return {k: np.array(ops.convert_to_numpy(variables[k])) for k in names}
+    return {k: to_numpy(variables[k]) for k in names}
 
 
-def _snapshot(model: DenseNet) -> list[np.ndarray]:
-    return [np.array(ops.convert_to_numpy(v)) for v in model.non_trainable_variables]
+def _values(variables: Iterable[keras.Variable]) -> list[Any]:
+    return [v.value for v in variables]
 
 
-def _restore(model: DenseNet, values: list[np.ndarray]) -> None:
-    for v, a in zip(model.non_trainable_variables, values):
+def _assign(variables: Iterable[keras.Variable], values: Iterable[Any]) -> None:
+    for v, a in zip(variables, values):
         v.assign(a)
+
+
+# ---------------------------------------------------------------------- pure functions
+def _stateless_stages(model: DenseNet, trainable: list[Any], non_trainable: list[Any], x: Any,
+                      training: bool) -> tuple[dict[str, Any], list[Any]]:
+    """``model.forward_stages`` as a pure function of the variable values (Keras's
+    ``stateless_call``, for the stage dict): returns the stages and the
+    non-trainable values after the pass (the updated running statistics in train mode)."""
+    mapping = [*zip(model.trainable_variables, trainable),
+               *zip(model.non_trainable_variables, non_trainable)]
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        stages = model.forward_stages(x, training=training)
+    return stages, [scope.get_current_value(v) for v in model.non_trainable_variables]
+
+
+def _stateless_loss(model: DenseNet, trainable: list[Any], non_trainable: list[Any], x: Any,
+                    labels: Any) -> tuple[Any, list[Any]]:
+    logits, new_non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
+    return loss_fn(labels, logits), new_non_trainable
+
+
+# Under JAX, eager execution compiles every op for every new shape (and a DenseNet
+# has a new width at every layer), so the pure functions are jit-compiled once
+# per model instead; jax.jit re-traces by itself for a new input shape.
+_JAX_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _jax_functions(model: DenseNet) -> dict[str, Callable[..., Any]]:
+    import jax
+
+    fns = _JAX_CACHE.get(model)
+    if fns is None:
+        def grad_fn(trainable, non_trainable, x, labels):
+            (loss, new_nt), (g, dx) = jax.value_and_grad(
+                lambda t, xx: _stateless_loss(model, t, non_trainable, xx, labels),
+                argnums=(0, 1), has_aux=True)(trainable, x)
+            return loss, g, dx, new_nt
+
+        fns = {
+            "eval": jax.jit(lambda t, nt, x: _stateless_stages(model, t, nt, x, False)),
+            "train": jax.jit(lambda t, nt, x: _stateless_stages(model, t, nt, x, True)),
+            "grad": jax.jit(grad_fn),
+        }
+        _JAX_CACHE[model] = fns
+    return fns
 
 
 # ---------------------------------------------------------------------- run
@@ -139,66 +185,62 @@ def run(model: DenseNet, x: Any, *, train: bool = False) -> ForwardOutput:
     running statistics in the canonical (PyTorch) convention: Keras updates the
     running variance with the biased batch variance, converted by
     :func:`to_canonical_running_var`. The Keras-native values are in
-    ``extras["keras_running"]``. The model's own state is left unchanged (the
-    running statistics are restored after the pass), so ``run`` is a pure query.
+    ``extras["keras_running"]``. The model itself is not changed (the pass is
+    stateless), so ``run`` is a pure query.
     """
     xn = _nhwc_batch(model, x)
+    trainable, non_trainable = _values(model.trainable_variables), \
+        _values(model.non_trainable_variables)
+    if keras.backend.backend() == "jax":
+        stages, new_nt = _jax_functions(model)["train" if train else "eval"](
+            trainable, non_trainable, xn)
+    else:
+        stages, new_nt = _stateless_stages(model, trainable, non_trainable, xn, train)
+    stages = _canonical_stages(stages)
     if not train:
-        stages = _canonical_stages(model.forward_stages(xn, training=False))
         return ForwardOutput(logits=stages["logits"], stages=stages)
     spec = model.spec
-    variables = canonical_variables(model)
     names = running_stat_names(spec)
-    snapshot = _snapshot(model)
+    variables = canonical_variables(model)
+    position = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
     old = _read(variables, names)
-    try:
-        stages = _canonical_stages(model.forward_stages(xn, training=True))
-        native = _read(variables, names)
-    finally:
-        _restore(model, snapshot)
+    native = {k: np.asarray(to_numpy(new_nt[position[id(variables[k])]]))
+              for k in names}
     running = _running_to_canonical(spec, old, native, xn.shape)
     return ForwardOutput(logits=stages["logits"], stages=stages, running=running,
                          extras={"keras_running": native})
 
 
 # ---------------------------------------------------------------------- gradients
-def _loss_and_grads(model: DenseNet, x: np.ndarray, labels: np.ndarray, *, keep_state: bool
-                    ) -> tuple[float, list[Any], Any]:
-    """(loss, gradients of model.trainable_variables, gradient of x) in train mode.
+def _loss_and_grads(model: DenseNet, x: np.ndarray, labels: np.ndarray
+                    ) -> tuple[float, list[Any], Any, list[Any]]:
+    """Train-mode loss, gradients of ``model.trainable_variables`` and of ``x``, and the
+    non-trainable values after the pass. The model itself is left unchanged.
 
-    ``keep_state``: keep the BN running statistics the pass updated (a training
-    step) or leave the model as it was (a query).
+    The backend-specific part of this subpackage: ``tf.GradientTape`` under
+    TensorFlow (on the model's variables: ``tf.recompute_grad``, behind
+    ``keras.remat``, finds the variables a rematerialised function reads, but
+    not tensors captured from a stateless scope), ``jax.value_and_grad`` of
+    ``stateless_call`` under JAX.
     """
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        snapshot = None if keep_state else _snapshot(model)
+        before = _values(model.non_trainable_variables)
+        before = [tf.identity(v) for v in before]  # snapshot, not a live read
         xt = tf.convert_to_tensor(x)
         with tf.GradientTape() as tape:
             tape.watch(xt)
             loss = loss_fn(labels, model(xt, training=True))
         *grads, dx = tape.gradient(loss, [*model.trainable_variables, xt])
-        if snapshot is not None:
-            _restore(model, snapshot)
-        return float(loss), grads, dx
+        after = [tf.identity(v) for v in _values(model.non_trainable_variables)]
+        _assign(model.non_trainable_variables, before)
+        return float(loss), grads, dx, after
     if backend == "jax":
-        import jax
-
-        trainable = [v.value for v in model.trainable_variables]
-        non_trainable = [v.value for v in model.non_trainable_variables]
-
-        def objective(trainable, x):
-            logits, new_non_trainable = model.stateless_call(trainable, non_trainable, x,
-                                                             training=True)
-            return loss_fn(labels, logits), new_non_trainable
-
-        (loss, new_non_trainable), (grads, dx) = jax.value_and_grad(
-            objective, argnums=(0, 1), has_aux=True)(trainable, x)
-        if keep_state:
-            for v, value in zip(model.non_trainable_variables, new_non_trainable):
-                v.assign(value)
-        return float(loss), list(grads), dx
+        loss, grads, dx, after = _jax_functions(model)["grad"](
+            _values(model.trainable_variables), _values(model.non_trainable_variables), x, labels)
+        return float(loss), list(grads), dx, list(after)
     raise NotImplementedError(
         f"densenet_multi.keras computes gradients under the tensorflow and jax backends, "
         f"not {backend!r} (set KERAS_BACKEND)")
@@ -218,15 +260,15 @@ def gradients(model: DenseNet, x: Any, labels: Any) -> GradOutput:
     """
     xn = _nhwc_batch(model, x)
     y = _labels(labels, xn.shape[0])
-    loss, grads, dx = _loss_and_grads(model, xn, y, keep_state=False)
+    loss, grads, dx, _ = _loss_and_grads(model, xn, y)
     by_id = {id(v): g for v, g in zip(model.trainable_variables, grads)}
     kinds = {p.name: p.kind for ref in module_table(model.spec) for p in ref.params}
     params = {}
     for name, var in canonical_variables(model).items():
         if var.trainable:
-            g = np.asarray(ops.convert_to_numpy(by_id[id(var)]), np.float32)
+            g = np.asarray(to_numpy(by_id[id(var)]), np.float32)
             params[name] = layouts.param_from_channels_last(kinds[name], g)
-    dx = layouts.nhwc_to_nchw(np.asarray(ops.convert_to_numpy(dx), np.float32))
+    dx = layouts.nhwc_to_nchw(np.asarray(to_numpy(dx), np.float32))
     return GradOutput(loss=loss, params=params, input=dx)
 
 
@@ -243,6 +285,7 @@ def train_steps(model: DenseNet, batches: Iterable[tuple[Any, Any]], *, lr: floa
     """
     optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
     optimizer.build(model.trainable_variables)
+    step = _jax_train_step(model, optimizer) if keras.backend.backend() == "jax" else None
     spec = model.spec
     variables = canonical_variables(model)
     names = running_stat_names(spec)
@@ -251,13 +294,35 @@ def train_steps(model: DenseNet, batches: Iterable[tuple[Any, Any]], *, lr: floa
         xn = _nhwc_batch(model, x)
         y = _labels(labels, xn.shape[0])
         old = _read(variables, names)
-        loss, grads, _ = _loss_and_grads(model, xn, y, keep_state=True)
-        optimizer.apply(grads, model.trainable_variables)
+        if step is not None:
+            loss, trainable, non_trainable, opt_state = step(
+                _values(model.trainable_variables), _values(model.non_trainable_variables),
+                _values(optimizer.variables), xn, y)
+            _assign(model.trainable_variables, trainable)
+            _assign(optimizer.variables, opt_state)
+        else:
+            loss, grads, _, non_trainable = _loss_and_grads(model, xn, y)
+            optimizer.apply(grads, model.trainable_variables)
+        _assign(model.non_trainable_variables, non_trainable)
+        # Keras's running-variance update (biased batch variance) -> the canonical one.
         running = _running_to_canonical(spec, old, _read(variables, names), xn.shape)
         for name, value in running.items():
             variables[name].assign(value)
-        losses.append(loss)
+        losses.append(float(loss))
     return losses
+
+
+def _jax_train_step(model: DenseNet, optimizer: keras.optimizers.Optimizer) -> Callable[..., Any]:
+    """One jit-compiled SGD step under JAX: Keras's stateless_call + stateless_apply idiom."""
+    import jax
+
+    def step(trainable, non_trainable, opt_state, x, labels):
+        (loss, new_nt), grads = jax.value_and_grad(
+            lambda t: _stateless_loss(model, t, non_trainable, x, labels), has_aux=True)(trainable)
+        new_trainable, new_opt_state = optimizer.stateless_apply(opt_state, grads, trainable)
+        return loss, new_trainable, new_nt, new_opt_state
+
+    return jax.jit(step)
 
 
 def devices() -> list[str]:

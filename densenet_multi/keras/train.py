@@ -1,0 +1,118 @@
+"""Train a DenseNet the Keras way: ``compile``, ``fit`` with callbacks, ``evaluate``.
+
+The default trains the d2l chapter's network on scikit-learn's bundled digits
+(upsampled to 32x32, no download) to about 98% test accuracy on a CPU in a few
+minutes::
+
+    densenet-multi train --backend keras --preset d2l --epochs 10
+    python -m densenet_multi.keras.train --data fashion-mnist --data-dir ~/data/fashion-mnist
+
+The data comes from :mod:`densenet_multi.data` in the canonical NCHW layout and
+is transposed once to Keras's NHWC by :mod:`densenet_multi.layouts`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Sequence
+
+import keras
+
+from .. import layouts
+from ..data import Dataset, load_digits_dataset, load_fashion_mnist
+from ..spec import PRESETS, get_spec
+from .densenet import from_spec
+
+__all__ = ["main", "parse_args", "load_data"]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="densenet-multi train --backend keras",
+        description="Train a DenseNet with Keras 3 (compile + fit) on digits or Fashion-MNIST.",
+    )
+    p.add_argument("--preset", default="d2l", choices=sorted(PRESETS),
+                   help="network preset (its input channels and classes follow the data)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.1,
+                   help="peak learning rate of SGD (momentum 0.9), cosine-decayed per epoch")
+    p.add_argument("--data", choices=("digits", "fashion-mnist"), default="digits")
+    p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files")
+    p.add_argument("--image-size", type=int,
+                   help="input size (default: 32 for digits, 28 for Fashion-MNIST; d2l uses 96)")
+    p.add_argument("--subset", type=int, metavar="N",
+                   help="use only the first N training (and N test) examples: a quick smoke run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", metavar="PATH.keras", help="save the best model (test accuracy) here")
+    p.add_argument("--min-accuracy", type=float,
+                   help="exit with status 1 if the final test accuracy is below this")
+    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
+                   help="Keras's progress output: 0 silent, 1 progress bar, 2 one line per epoch")
+    args = p.parse_args(argv)
+    if args.data == "fashion-mnist" and not args.data_dir:
+        p.error("--data fashion-mnist needs --data-dir (the folder with the IDX files)")
+    for name in ("epochs", "batch_size", "subset", "image_size"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            p.error(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+    return args
+
+
+def load_data(args: argparse.Namespace) -> Dataset:
+    """The data set of ``args`` (NCHW float32 images, int64 labels), subset if asked."""
+    if args.data == "digits":
+        data = load_digits_dataset(size=args.image_size or 32, seed=args.seed)
+    else:
+        data = load_fashion_mnist(args.data_dir, size=args.image_size or 28)
+    return data.subset(args.subset) if args.subset else data
+
+
+def cosine_schedule(peak: float, epochs: int):
+    """Learning rate per epoch: cosine decay from ``peak`` towards zero."""
+    def schedule(epoch: int, lr: float) -> float:
+        return 0.5 * peak * (1.0 + math.cos(math.pi * epoch / epochs))
+    return schedule
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    keras.utils.set_random_seed(args.seed)
+    data = load_data(args)
+    x_train, x_test = layouts.nchw_to_nhwc(data.x_train), layouts.nchw_to_nhwc(data.x_test)
+    y_train, y_test = data.y_train, data.y_test
+    spec = get_spec(args.preset, in_channels=x_train.shape[-1], num_classes=data.num_classes)
+    model = from_spec(spec, seed=args.seed)
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=args.lr, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.LearningRateScheduler(cosine_schedule(args.lr, args.epochs)),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if args.save:
+        callbacks.append(keras.callbacks.ModelCheckpoint(
+            args.save, monitor="val_accuracy", save_best_only=True))
+    print(f"{spec.describe()}: {spec.num_params():,} parameters; {args.data}: "
+          f"{len(x_train)} train / {len(x_test)} test images of {x_train.shape[1:]} (NHWC); "
+          f"Keras {keras.__version__} on {keras.backend.backend()}")
+    start = time.perf_counter()
+    model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
+              validation_data=(x_test, y_test), shuffle=True, callbacks=callbacks,
+              verbose=args.verbose)
+    seconds = time.perf_counter() - start
+    loss, accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
+    print(f"test accuracy {accuracy:.4f}, test loss {loss:.4f}, "
+          f"{args.epochs} epoch(s) in {seconds:.1f} s")
+    if args.min_accuracy is not None and not accuracy >= args.min_accuracy:
+        print(f"test accuracy {accuracy:.4f} is below --min-accuracy {args.min_accuracy}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,338 @@
+"""Keras-specific behaviour: padding, max-pool padding, remat, BN conventions,
+serialisation, input validation, dropout, gradients, SGD, compile/fit."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND, batch, loaded_model, requires_tensorflow, tiny_spec
+
+from densenet_multi import keras as dk
+from densenet_multi import layouts
+from densenet_multi.keras import runtime
+from densenet_multi.params import ParameterError, init_params, trainable_names
+from densenet_multi.reference import conv2d, forward, max_pool, softmax_cross_entropy
+from densenet_multi.spec import InputError, get_spec
+from densenet_multi.testing import assert_all_close, assert_close, compare, tolerance
+
+
+def _np(t) -> np.ndarray:
+    return dk.convert.to_numpy(t)
+
+
+# ---------------------------------------------------------------- padding
+def test_same_padding_would_not_match_the_reference_but_ours_does():
+    """keras "same" at stride 2 pads (2, 3) for the 7x7/2 stem conv on an even input
+    and (0, 1) for the 3x3/2 max-pool; PyTorch pads (3, 3) and (1, 1)."""
+    spec = get_spec("densenet121")
+    model, params = loaded_model(spec)
+    x = batch(spec, 64, 2, seed=1)
+    xn = layouts.nchw_to_nhwc(x)
+    w, geom = params["features.conv0.weight"], spec.stem_conv
+    expected = conv2d(x, w, None, geom)
+
+    ours = _np(model.conv0(model.pad0(xn)))
+    assert_close(layouts.nhwc_to_nchw(ours), expected, "eval", name="explicit pad + valid")
+
+    same = keras.layers.Conv2D(64, geom.kernel, strides=geom.stride, padding="same",
+                               use_bias=False)
+    same.build(xn.shape)
+    same.kernel.assign(layouts.oihw_to_hwio(w))
+    got = layouts.nhwc_to_nchw(_np(same(xn)))
+    assert got.shape == expected.shape  # same shape, different numbers
+    assert compare("same", got, expected, tolerance("eval")).rel > 1e-2
+
+    # the stem max-pool, on a post-ReLU input
+    y = np.maximum(expected, 0).astype(np.float32)
+    yn = layouts.nchw_to_nhwc(y)
+    pool = spec.stem_pool
+    ref_pool = max_pool(y, pool)
+    assert_close(layouts.nhwc_to_nchw(_np(model.pool0(model.pool0_pad(yn)))), ref_pool, "eval")
+    same_pool = keras.layers.MaxPooling2D(pool.kernel, strides=pool.stride, padding="same")
+    got = layouts.nhwc_to_nchw(_np(same_pool(yn)))
+    assert got.shape == ref_pool.shape
+    assert compare("same pool", got, ref_pool, tolerance("eval")).rel > 1e-2
+
+
+def test_zero_padded_max_pool_equals_minus_inf_padding_only_after_relu():
+    spec = get_spec("densenet121")
+    model, _ = loaded_model(spec)
+    rng = np.random.default_rng(2)
+    pre = rng.standard_normal((2, 8, 10, 10)).astype(np.float32)
+    post_relu = np.maximum(pre, 0)
+    ours = layouts.nhwc_to_nchw(_np(model.pool0(model.pool0_pad(layouts.nchw_to_nhwc(post_relu)))))
+    np.testing.assert_array_equal(ours, max_pool(post_relu, spec.stem_pool))  # exactly
+    # Without the ReLU a border window of negative numbers would take the zero pad as its max.
+    negative = -np.abs(pre) - 1.0
+    ours = layouts.nhwc_to_nchw(_np(model.pool0(model.pool0_pad(layouts.nchw_to_nhwc(negative)))))
+    ref = max_pool(negative, spec.stem_pool)
+    assert np.all(ours[:, :, 0, :] == 0) and np.all(ref < 0)
+
+
+# ---------------------------------------------------------------- BatchNorm conventions
+def test_bn_epsilon_and_momentum_are_the_specs():
+    spec = tiny_spec(bn_eps=1.001e-5, bn_momentum=0.25)
+    model = dk.build(spec)
+    norms = [layer for layer in model._flatten_layers()
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == sum(1 for name in trainable_names(spec) if "norm" in name) // 2
+    assert {n.epsilon for n in norms} == {1.001e-5}  # never Keras's default 1e-3
+    assert {n.momentum for n in norms} == {0.75}  # Keras's momentum = 1 - PyTorch's
+
+
+def test_running_var_conversion_helper():
+    old, count, m = np.array([1.0, 2.0]), 10, 0.1
+    batch_var = np.array([0.5, 4.0])  # biased
+    keras_new = (1 - m) * old + m * batch_var
+    torch_new = (1 - m) * old + m * batch_var * count / (count - 1)
+    np.testing.assert_allclose(dk.to_canonical_running_var(keras_new, old, count, m), torch_new,
+                               rtol=1e-7)
+
+
+# ---------------------------------------------------------------- memory-efficient (remat)
+def _grads_by_path(model, x, y):
+    loss, grads, dx, after = runtime._loss_and_grads(model, layouts.nchw_to_nhwc(x), y)
+    return loss, {v.path.split("/", 1)[1]: _np(g) for v, g in
+                  zip(model.trainable_variables, grads)}, _np(dx), [_np(a) for a in after]
+
+
+def _remat_pair(spec, x, y):
+    params = init_params(spec, 4, nontrivial_bn=True)
+    out = {}
+    for me in (False, True):
+        model = dk.build(spec.replace(memory_efficient=me))
+        dk.load_canonical(model, params)
+        out[me] = (model, *_grads_by_path(model, x, y))
+    return out
+
+
+def _assert_remat_equal(out, dtype):
+    (m0, loss0, g0, dx0, after0), (m1, loss1, g1, dx1, after1) = out[False], out[True]
+    assert sorted(g0) == sorted(g1)
+    assert_close(loss1, loss0, "grad", dtype)
+    assert_all_close(g1, g0, "grad", dtype)
+    assert_close(dx1, dx0, "grad", dtype)
+    # every parameter gets a gradient (torchvision #2221: a broken checkpoint path trained
+    # silently without some), and the running statistics are updated once, as without remat
+    assert all(np.any(g != 0) for g in g1.values())
+    assert_all_close(dict(enumerate(after1)), dict(enumerate(after0)), "running", dtype)
+
+
+@pytest.mark.parametrize("bn_size", [2, None], ids=["bottleneck", "plain"])
+def test_memory_efficient_matches_default_float32(bn_size):
+    spec = tiny_spec(bn_size=bn_size)
+    x, y = batch(spec, 16, 3, seed=5), np.array([0, 1, 4])
+    out = _remat_pair(spec, x, y)
+    _assert_remat_equal(out, "float32")
+    model = out[True][0]
+    assert all(layer.memory_efficient for block in model.blocks for layer in block.dense_layers)
+    # and the forward pass is the reference's
+    params = dk.export_canonical(out[True][0])
+    assert_all_close(dk.run(model, x).stages, forward(spec, params, x).stages, "eval")
+
+
+def test_memory_efficient_matches_default_float64(float64_policy):
+    """In float64 the two paths agree to rounding (a float32 comparison on a deep net
+    can flip a ReLU at an exact tie and differ by more than rounding in one element)."""
+    spec = get_spec("densenet_bc_100_k12", block_config=(4, 4), growth_rate=6)
+    x, y = batch(spec, 16, 3, seed=6), np.array([0, 1, 9])
+    _assert_remat_equal(_remat_pair(spec, x, y), "float64")
+
+
+@requires_tensorflow
+def test_naive_remat_of_keras_batchnorm_updates_running_stats_twice():
+    """Why DenseLayer does not simply wrap Keras's BatchNormalization in keras.remat:
+    tf.recompute_grad re-runs its assignment of the running statistics in the
+    backward pass."""
+    import tensorflow as tf
+
+    bn = keras.layers.BatchNormalization(momentum=0.5)
+    x = tf.constant(np.random.default_rng(0).standard_normal((4, 3, 3, 2)).astype(np.float32))
+    bn.build(x.shape)
+    f = keras.remat(lambda t: bn(t, training=True))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(f(x) ** 2)
+    after_forward = bn.moving_mean.numpy().copy()
+    tape.gradient(loss, x)
+    assert not np.allclose(bn.moving_mean.numpy(), after_forward)  # updated again
+
+
+# ---------------------------------------------------------------- gradients and SGD
+def test_gradients_structure_and_loss():
+    spec = tiny_spec()
+    model, params = loaded_model(spec)
+    x, y = batch(spec, 16, 3, seed=7), np.array([1, 2, 3])
+    g = dk.gradients(model, x, y)
+    assert list(g.params) == trainable_names(spec)
+    for name, grad in g.params.items():
+        assert grad.shape == params[name].shape and grad.dtype == np.float32, name
+    assert g.input.shape == x.shape
+    ref = forward(spec, params, x, train=True)
+    assert_close(g.loss, softmax_cross_entropy(ref.logits, y), "train")
+    assert_all_close(dk.export_canonical(model), params, "copy")  # model untouched
+
+
+def test_gradients_float32_vs_float64(float64_policy):
+    spec = tiny_spec()
+    x, y = batch(spec, 16, 3, seed=8), np.array([0, 2, 4])
+    params = init_params(spec, 8, nontrivial_bn=True)
+    model64 = dk.build(spec)
+    dk.load_canonical(model64, params)
+    _, g64, dx64, _ = _grads_by_path(model64, x, y)
+    keras.config.set_dtype_policy("float32")
+    model32 = dk.build(spec)
+    dk.load_canonical(model32, params)
+    _, g32, dx32, _ = _grads_by_path(model32, x, y)
+    assert_all_close(g32, g64, "grad")
+    assert_close(dx32, dx64, "grad")
+
+
+def test_train_steps_follow_pytorch_sgd_and_running_stats():
+    """Two steps of SGD(momentum): p1 = p0 - lr g0; p2 = p1 - lr (mu g0 + g1) (PyTorch),
+    and the running statistics after each step are the canonical train-mode ones."""
+    spec = tiny_spec()
+    params = init_params(spec, 9, nontrivial_bn=True)
+    x0, y0 = batch(spec, 16, 4, seed=9), np.array([0, 1, 2, 3])
+    x1, y1 = batch(spec, 16, 4, seed=10), np.array([4, 3, 2, 1])
+    lr, mu = 0.05, 0.9
+
+    probe = dk.build(spec)
+    dk.load_canonical(probe, params)
+    g0 = dk.gradients(probe, x0, y0)
+    p1 = {k: params[k] - lr * g0.params[k] if k in g0.params else v for k, v in params.items()}
+    p1.update(dk.run(probe, x0, train=True).running)
+    dk.load_canonical(probe, {k: v.astype(np.float32) for k, v in p1.items()})
+    g1 = dk.gradients(probe, x1, y1)
+    p2 = {k: p1[k] - lr * (mu * g0.params[k] + g1.params[k]) if k in g0.params else v
+          for k, v in p1.items()}
+    p2.update(dk.run(probe, x1, train=True).running)
+
+    model = dk.build(spec)
+    dk.load_canonical(model, params)
+    losses = dk.train_steps(model, [(x0, y0), (x1, y1)], lr=lr, momentum=mu)
+    assert_close(losses[0], g0.loss, "trajectory")
+    assert_close(losses[1], g1.loss, "trajectory")
+    assert_all_close(dk.export_canonical(model), p2, "trajectory")
+
+
+def test_train_steps_reduce_the_loss():
+    spec = tiny_spec()
+    model = dk.build(spec, seed=1)
+    x, y = batch(spec, 16, 8, seed=11), np.arange(8) % 5
+    losses = dk.train_steps(model, [(x, y)] * 6, lr=0.05, momentum=0.9)
+    assert len(losses) == 6 and losses[-1] < losses[0]
+
+
+# ---------------------------------------------------------------- Keras idioms
+def test_compile_fit_evaluate_predict():
+    spec = tiny_spec(in_channels=1)
+    model = dk.build(spec, seed=2)
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    x = layouts.nchw_to_nhwc(batch(spec, 16, 16, seed=12))
+    y = np.arange(16) % 5
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2
+    loss, acc = model.evaluate(x, y, verbose=0)
+    assert np.isfinite(loss) and 0.0 <= acc <= 1.0
+    assert model.predict(x, verbose=0).shape == (16, 5)
+
+
+def test_save_and_load_keras_format(tmp_path):
+    spec = tiny_spec(memory_efficient=True, drop_rate=0.1)
+    model = dk.build(spec)
+    params = init_params(spec, 13, nontrivial_bn=True)
+    dk.load_canonical(model, params)
+    path = tmp_path / "tiny.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, dk.DenseNet) and loaded.spec == spec
+    assert_all_close(dk.export_canonical(loaded), params, "copy")
+    x = batch(spec, 16, 2, seed=14)
+    np.testing.assert_array_equal(dk.run(loaded, x).logits, dk.run(model, x).logits)
+
+
+def test_layer_configs_round_trip():
+    spec = tiny_spec()
+    model = dk.build(spec)
+    parts = [model.blocks[0], model.blocks[0].dense_layers[1], model.transitions[0],
+             model.transitions[0].block]
+    for layer in parts:
+        config = layer.get_config()
+        clone = type(layer).from_config(config)
+        assert clone.get_config() == config
+        restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+        assert type(restored) is type(layer)
+
+
+# ---------------------------------------------------------------- input validation
+def test_bad_inputs_raise_input_error():
+    spec = get_spec("d2l")
+    model, _ = loaded_model(spec)
+    good = batch(spec, 32, 2)
+    with pytest.raises(InputError, match=r"4-d NCHW batch of shape \(N, 1, H, W\).*\(1, 32, 32\)"):
+        dk.run(model, good[0])
+    with pytest.raises(InputError, match="looks like an NHWC array"):
+        dk.run(model, layouts.nchw_to_nhwc(batch(spec, 32, 2)))
+    with pytest.raises(InputError, match=r"\(N, 1, H, W\).*got shape \(2, 3, 32, 32\)"):
+        dk.run(model, np.zeros((2, 3, 32, 32), np.float32))
+    with pytest.raises(InputError, match="dtype float32 or float64, got int64"):
+        dk.run(model, good.astype(np.int64))
+    with pytest.raises(InputError, match="too small.*smallest size that works is"):
+        dk.run(model, batch(spec, 8, 2))
+    with pytest.raises(InputError):
+        dk.gradients(model, good[:, :, :, :, None], np.array([0, 1]))
+    with pytest.raises(ValueError, match="labels must be 2 integers"):
+        dk.gradients(model, good, np.array([0.5, 1.0]))
+    # the Keras model itself checks NHWC inputs
+    with pytest.raises(InputError, match="NHWC"):
+        model(np.zeros((2, 32, 32, 3), np.float32))
+
+
+def test_bad_canonical_params_copy_nothing():
+    spec = tiny_spec()
+    model = dk.build(spec)
+    before = dk.export_canonical(model)
+    params = init_params(spec, 15)
+    bad = dict(params)
+    bad.pop("classifier.bias")
+    bad["features.conv0.weight"] = bad["features.conv0.weight"][:, :, :2]
+    with pytest.raises(ParameterError, match=r"missing 1 key.*classifier\.bias(.|\n)*conv0"):
+        dk.load_canonical(model, bad)
+    assert_all_close(dk.export_canonical(model), before, "copy")
+
+
+# ---------------------------------------------------------------- dropout
+def test_dropout_statistics():
+    """Dropout can't agree across frameworks; check its statistics: in train mode a
+    fraction ~p of each new feature map is zeroed and the rest scaled by 1/(1-p);
+    eval mode is deterministic and equals the network without dropout."""
+    p = 0.4
+    spec = tiny_spec(drop_rate=p, growth_rate=8)
+    with_dropout = dk.build(spec, seed=3)
+    params = init_params(spec, 16, nontrivial_bn=True)
+    dk.load_canonical(with_dropout, params)
+    without = dk.build(spec.replace(drop_rate=0.0))
+    dk.load_canonical(without, params)
+    x = batch(spec, 32, 8, seed=17)
+    assert_all_close(dk.run(with_dropout, x).stages, dk.run(without, x).stages, "copy")
+
+    # block1 = [stem, layer1, layer2]: layer1's new maps come from a dropout-free input
+    c0, k = spec.channel_plan.stem_channels, spec.growth_rate
+    dropped = dk.run(with_dropout, x, train=True).stages["block1"][:, c0:c0 + k]
+    clean = dk.run(without, x, train=True).stages["block1"][:, c0:c0 + k]
+    zeroed = (dropped == 0) & (clean != 0)
+    n = np.count_nonzero(clean)
+    rate = zeroed.sum() / n
+    assert abs(rate - p) < 4 * np.sqrt(p * (1 - p) / n), rate
+    kept = ~zeroed & (clean != 0)
+    np.testing.assert_allclose(dropped[kept], clean[kept] / (1 - p), rtol=1e-5, atol=1e-6)
+
+
+def test_devices():
+    found = dk.devices()
+    assert found[0] == "cpu" and set(found) <= {"cpu", "gpu", "tpu"}
+    assert BACKEND in ("tensorflow", "jax")
