@@ -81,3 +81,29 @@ def test_parameter_count_matches_torchvision():
     n = sum(p.numel() for p in tv.parameters())
     assert n == 7_978_856 == get_spec("densenet121").num_params()
     assert sum(p.numel() for p in dt.densenet121().parameters()) == n
+
+
+def test_train_step_matches_torchvision_memory_efficient_on_our_side():
+    """One train-mode forward/backward: ours with memory_efficient=True vs torchvision's
+    default path, same weights. Loss, every gradient and the updated running statistics
+    agree (the checkpoint recomputation must not update the BN statistics twice)."""
+    spec = get_spec("densenet121", memory_efficient=True)
+    params = init_params(spec, seed=9, nontrivial_bn=True)
+    ours = dt.load_canonical(dt.build(spec), params).train()
+    tv = _torchvision_model("densenet121").train()
+    tv.load_state_dict(ours.state_dict(), strict=True)
+    x = _batch(3).repeat(2, 1, 1, 1)  # batch 4 at 64x64: the last block keeps 2x2 maps
+    y = torch.tensor([1, 7, 42, 999])
+    losses = []
+    for m in (ours, tv):
+        loss = torch.nn.functional.cross_entropy(m(x), y)
+        loss.backward()
+        losses.append(loss.item())
+    assert abs(losses[0] - losses[1]) <= 1e-5 * abs(losses[1])
+    tv_params = dict(tv.named_parameters())
+    for k, p in ours.named_parameters():
+        assert p.grad is not None, k
+        assert_close(p.grad.numpy(), tv_params[k].grad.numpy(), "grad", name=k)
+    tv_buffers = dict(tv.named_buffers())
+    for k, b in ours.named_buffers():
+        assert_close(b.numpy(), tv_buffers[k].numpy(), "running", name=k)
