@@ -18,6 +18,7 @@ from .densenet import (
     densenet169,
     densenet201,
     from_spec,
+    legacy_mode,
 )
 from .runtime import (
     build,
@@ -41,6 +42,7 @@ __all__ = [
     "densenet169",
     "densenet201",
     "from_spec",
+    "legacy_mode",
     "build",
     "load_canonical",
     "export_canonical",
