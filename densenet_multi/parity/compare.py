@@ -65,8 +65,8 @@ __all__ = [
 PASS, FAIL, ERROR, UNSUPPORTED = "pass", "FAIL", "error", "unsupported"
 MISSING, CRASHED, TIMEOUT, NOT_AVAILABLE = "missing", "crashed", "timeout", "not available"
 SKIPPED, UNPAIRED, NA = "skipped", "unpaired", "n/a"
-#: a trajectory item that fails where the reference itself, started from weights
-#: perturbed at float32 rounding level, moves further than the tolerance
+#: a gradient or trajectory item that fails where the reference itself, started
+#: from weights perturbed by runner.PROBE_REL, moves further than the tolerance
 ILL = "ill-conditioned"
 #: statuses that make the run fail whatever the flags
 FAILING = (FAIL, ERROR, CRASHED, TIMEOUT)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from parity_helpers import FAKES, TINY_IMAGENET, cell, fake, run
 
+from densenet_multi.params import param_table
 from densenet_multi.parity import cli
 from densenet_multi.parity.cases import CHECKS, DEFAULT_CASES, Case, get_cases, make_inputs
 from densenet_multi.parity.compare import (
@@ -19,6 +20,7 @@ from densenet_multi.parity.compare import (
     Cell,
     compare_exact,
     compare_items,
+    grad_items,
     trajectory_items,
     worst_status,
 )
@@ -140,6 +142,15 @@ def test_ill_conditioned_trajectory_items_are_not_passed_and_not_failed():
     by = {i.item: i.status for i in items}
     assert by == {"losses": PASS, "w": ILL, "v": FAIL}
     assert worst_status([PASS, ILL]) == ILL and worst_status([ILL, FAIL]) == FAIL
+    spec = get_spec("densenet40_k12", block_config=(1, 1), growth_rate=2)
+    names = [p.name for p in param_table(spec) if p.trainable]
+    G = {f"grad::param::{n}": np.ones(3) for n in names} | {"grad::loss": np.array(1.0),
+                                                             "grad::input": np.ones(2)}
+    H = dict(G, **{f"grad::param::{names[0]}": np.full(3, 1.1), "grad::input": np.full(2, 1.1)})
+    items = grad_items(H, G, spec, names, "grad", "float32",
+                       spread={names[0]: np.array(0.5), "input": np.array(1e-9)})
+    by = {i.item: i.status for i in items}
+    assert by[names[0]] == ILL and by["input"] == FAIL and by["loss"] == PASS
 
 
 def test_exit_status_policy():
