@@ -217,3 +217,18 @@ def test_works_inside_a_numpy_mode_program(case_cache):
     finally:
         mx.npx.reset_np()
     assert not mx.util.is_np_array() and not mx.util.is_np_shape()
+
+
+def test_gradients_hybridized_equal_imperative():
+    spec, size = TINY["bc"]
+    params = init_params(spec, seed=2, nontrivial_bn=True)
+    x = batch(spec, size, n=4, seed=1)
+    labels = np.array([0, 3, 1, 4])
+    grads = []
+    for hybridize in (False, True):
+        net = build(spec, hybridize=hybridize)
+        load_canonical(net, params)
+        grads.append(gradients(net, x, labels))
+    assert_all_close(grads[1].params, grads[0].params, "grad")
+    assert_close(grads[1].input, grads[0].input, "grad")
+    assert_close(grads[1].loss, grads[0].loss, "grad")
