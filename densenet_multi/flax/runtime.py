@@ -14,6 +14,7 @@ that a GPU does not silently use TF32 (10-bit mantissa) for the parity checks.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -71,6 +72,13 @@ def resolve_device(device: str | jax.Device | None) -> jax.Device:
 
 
 # ---------------------------------------------------------------------- build
+@functools.lru_cache(maxsize=16)
+def _abstract_model(spec: DenseNetSpec) -> tuple[nnx.GraphDef, nnx.State]:
+    """The module structure for ``spec`` with shape-only values. Cached: tracing the
+    constructor costs seconds for the big nets (one RNG-stream update per layer)."""
+    return nnx.split(nnx.eval_shape(lambda: DenseNet(spec, rngs=nnx.Rngs(params=0, dropout=0))))
+
+
 def build(spec: DenseNetSpec, *, device: str | jax.Device | None = None, seed: int = 0) -> DenseNet:
     """A :class:`DenseNet` for ``spec`` on ``device``, initialised from ``seed``.
 
@@ -84,7 +92,8 @@ def build(spec: DenseNetSpec, *, device: str | jax.Device | None = None, seed: i
     Dropout draws from an explicit ``dropout`` RNG stream seeded with ``seed``.
     """
     dev = resolve_device(device)
-    model = nnx.eval_shape(lambda: DenseNet(spec, rngs=nnx.Rngs(params=seed, dropout=seed)))
+    graphdef, abstract_state = _abstract_model(spec)
+    model = nnx.merge(graphdef, abstract_state)  # fresh module objects, placeholder values
     # The abstract tree has placeholders for the RNG streams too: give every
     # dropout layer its own key (folded from the seed) and a zero counter.
     base = jax.random.key(seed)
@@ -184,18 +193,20 @@ def run(model: DenseNet, x: Any, *, train: bool = False) -> ForwardOutput:
     else:
         model.eval()
     with jax.default_matmul_precision(_PRECISION):
-        stages = {k: _canonical(v) for k, v in _forward_stages(model, xj).items()}
+        native = _forward_stages(model, xj)
+    # jit returns dicts with sorted keys: put the stages back in network order.
+    stages = {k: _canonical(native[k]) for k in spec.stage_names}
     out = ForwardOutput(logits=stages["logits"], stages=stages)
     if train:
         after = export_canonical(model)
         momentum = 1.0 - spec.bn_momentum  # Flax's convention, as in densenet.batch_norm
         running: dict[str, np.ndarray] = {}
-        native: dict[str, np.ndarray] = {}
+        flax_running: dict[str, np.ndarray] = {}
         for ref in module_table(spec):
             for info in ref.params:
                 if info.trainable:
                     continue
-                native[info.name] = after[info.name]
+                flax_running[info.name] = after[info.name]
                 if info.attr == "running_var":
                     running[info.name] = to_canonical_running_var(
                         before[info.name], after[info.name], momentum,
@@ -203,7 +214,7 @@ def run(model: DenseNet, x: Any, *, train: bool = False) -> ForwardOutput:
                 else:  # the running mean needs no conversion
                     running[info.name] = after[info.name]
         out.running = running
-        out.extras["flax_running"] = native
+        out.extras["flax_running"] = flax_running
     return out
 
 
@@ -255,9 +266,14 @@ def _train_step(model: DenseNet, optimizer: nnx.Optimizer, x: jax.Array,
     return loss
 
 
+@functools.lru_cache(maxsize=32)
 def sgd(lr: float, momentum: float) -> optax.GradientTransformation:
     """PyTorch's SGD (no dampening, weight decay or Nesterov): ``v = mu*v + g; p -= lr*v``.
-    optax's trace keeps ``v = g + mu*v`` and sgd scales it by ``-lr``: the same update."""
+    optax's trace keeps ``v = g + mu*v`` and sgd scales it by ``-lr``: the same update.
+
+    Cached: ``nnx.Optimizer`` keeps the transformation as static structure, so a
+    new (unequal) optax object per call would make ``nnx.jit`` recompile the step.
+    """
     return optax.sgd(learning_rate=lr, momentum=momentum)
 
 

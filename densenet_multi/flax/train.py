@@ -25,14 +25,13 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from ..data import Dataset, iterate_minibatches, load_digits_dataset, load_fashion_mnist
 from ..layouts import nchw_to_nhwc
 from ..spec import PRESETS, get_spec
 from .densenet import DenseNet
-from .runtime import build, cross_entropy, resolve_device
+from .runtime import build, cross_entropy, resolve_device, sgd
 
 __all__ = ["EpochResult", "train_step", "eval_step", "train_one_epoch", "evaluate", "fit", "main"]
 
@@ -109,13 +108,14 @@ def evaluate(model: DenseNet, x_all: np.ndarray, y_all: np.ndarray, batch_size: 
 def fit(model: DenseNet, data: Dataset, *, epochs: int, batch_size: int = 64, lr: float = 0.1,
         momentum: float = 0.9, seed: int = 0, device: jax.Device | None = None,
         show_progress: bool = True, log=print) -> list[EpochResult]:
-    """Train ``model`` on ``data`` with optax SGD + momentum; report and return every epoch."""
+    """Train ``model`` on ``data`` with optax SGD + momentum (:func:`~.runtime.sgd`); report
+    and return every epoch."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn)
 
     device = device or resolve_device(None)
     batch_size = min(batch_size, len(data.x_train))
-    optimizer = nnx.Optimizer(model, optax.sgd(lr, momentum=momentum), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, sgd(lr, momentum), wrt=nnx.Param)
     steps = len(data.x_train) // batch_size
     eval_batch = min(256, len(data.x_test))
     history: list[EpochResult] = []

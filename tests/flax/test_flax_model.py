@@ -142,19 +142,29 @@ def test_memory_efficient_same_outputs_and_gradients(bottleneck):
         model = backend.build(spec.replace(memory_efficient=me))
         backend.load_canonical(model, params)
         outs[me] = (backend.run(model, x, train=True), backend.gradients(model, x, labels))
-        if me:  # the rematerialised sub-block is really there
-            model.train()
-            graphdef, state = nnx.split(model)
-            jaxpr = jax.make_jaxpr(jax.grad(
-                lambda s: nnx.merge(graphdef, s)(jnp.asarray(nchw_to_nhwc(x))).sum()))(state)
-            assert "checkpoint" in str(jaxpr) or "remat" in str(jaxpr)
+        model.train()
+        graphdef, state = nnx.split(model)
+        jaxpr = str(jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x))(
+            state, jnp.asarray(nchw_to_nhwc(x))))
+        # the rematerialised sub-block (jax.checkpoint's primitive, "remat2" in this jax)
+        # is there once per dense layer exactly when asked for
+        remats = jaxpr.count("remat2[") + jaxpr.count("checkpoint[")
+        assert remats == (sum(spec.block_config) if me else 0)
     (r0, g0), (r1, g1) = outs[False], outs[True]
     assert_all_close(r1.stages, r0.stages, "train")
     assert_all_close(r1.running, r0.running, "running")
     assert g1.loss == pytest.approx(g0.loss, rel=1e-6)
-    assert_all_close(g1.params, g0.params, "grad")
+    # A conv bias feeding a train-mode BN has an exactly zero gradient (BN removes any
+    # per-channel constant): what is left is rounding noise, compared on the global scale.
+    bias = {k for k in g0.params if k.endswith(".bias") and ".conv" in k}
+    scale = max(float(np.max(np.abs(g))) for g in g0.params.values())
+    for k in bias:
+        assert np.max(np.abs(g0.params[k])) < 1e-6 * scale
+        assert np.max(np.abs(g1.params[k])) < 1e-6 * scale
+    rest = [k for k in g0.params if k not in bias]
+    assert_all_close({k: g1.params[k] for k in rest}, {k: g0.params[k] for k in rest}, "grad")
     assert_close(g1.input, g0.input, "grad")
-    assert all(np.any(g != 0) for g in g1.params.values()), "a parameter got no gradient"
+    assert all(np.any(g1.params[k] != 0) for k in rest), "a parameter got no gradient"
 
 
 # ---------------------------------------------------------------------- dropout
@@ -297,6 +307,15 @@ def test_load_validates_everything_and_copies_nothing(tiny):
     assert "norm5.running_var" in msg and "classifier.weight" in msg and "bogus" in msg
     now = backend.export_canonical(model)
     assert all(np.array_equal(now[k], params[k]) for k in params)
+
+
+def test_builds_are_independent():
+    spec = tiny_spec()
+    a, b = backend.build(spec, seed=0), backend.build(spec, seed=0)
+    pa = backend.export_canonical(a)
+    backend.load_canonical(b, init_params(spec, seed=9))
+    assert all(np.array_equal(pa[k], v) for k, v in backend.export_canonical(a).items())
+    assert a.conv0.kernel is not b.conv0.kernel
 
 
 def test_devices_and_device_selection():

@@ -4,14 +4,10 @@ train-mode stages, converted running statistics, canonical round trip, counts.""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from flax import nnx
 
 from densenet_multi.params import param_table, running_stat_names
-from densenet_multi.spec import PRESETS, get_spec
 from densenet_multi.testing import assert_all_close, assert_close
-
-from densenet_multi.flax import DenseNet
 
 
 def test_stage_shapes(preset_case):
@@ -58,15 +54,13 @@ def test_canonical_round_trip_is_bit_exact(preset_case):
     assert_all_close(c.after_load, c.params, "copy")
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_parameter_count_matches_spec(name):
-    spec = get_spec(name)
-    # Abstract construction: shapes only, nothing is initialised or compiled.
-    model = nnx.eval_shape(lambda: DenseNet(spec, rngs=nnx.Rngs(0)))
-    count = sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    assert count == spec.num_params()
+def test_parameter_count_matches_spec(preset_case):
+    c = preset_case
+    count = sum(int(np.prod(v.shape)) for _, v in
+                nnx.to_flat_state(nnx.state(c.model, nnx.Param)))
+    assert count == c.spec.num_params()
     stats = sum(int(np.prod(v.shape)) for _, v in
-                nnx.to_flat_state(nnx.state(model, nnx.BatchStat)))
-    assert count + stats == spec.num_params(trainable_only=False)
-    if name == "densenet121":
+                nnx.to_flat_state(nnx.state(c.model, nnx.BatchStat)))
+    assert count + stats == c.spec.num_params(trainable_only=False)
+    if c.spec.name == "densenet121":
         assert count == 7_978_856  # torchvision's weights metadata
