@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 import mxnet as mx
-from mxnet import gluon
+from mxnet import gluon, nd
 from mxnet.gluon import nn
 
 from ..spec import PRESETS, BlockPlan, ConvGeometry, DenseNetSpec, TransitionPlan
@@ -288,8 +288,6 @@ class DenseNet(gluon.HybridBlock):
         Runs the children one after another (each one's cached graph after
         ``hybridize()``); the numbers are those of ``self(x)``.
         """
-        from mxnet import nd
-
         return dict(self._body(nd, x))
 
 
