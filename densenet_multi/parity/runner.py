@@ -179,9 +179,10 @@ def _case_dirname(case: Case, taken: set[str]) -> str:
     return name
 
 
-def prepare_run(run_dir: Path, cases: Sequence[Case]) -> dict[str, Path]:
-    """Write every case (case.json, canonical weights checkpoint, inputs) and its
-    float64 NumPy reference (eval and train forward) into ``run_dir``."""
+def prepare_run(run_dir: Path, cases: Sequence[Case], *, reference: bool = True
+                ) -> dict[str, Path]:
+    """Write every case (case.json, canonical weights checkpoint, inputs) and, with
+    ``reference``, its float64 NumPy reference into ``run_dir``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "_workers").mkdir(exist_ok=True)
     taken: set[str] = set()
@@ -197,7 +198,8 @@ def prepare_run(run_dir: Path, cases: Sequence[Case]) -> dict[str, Path]:
         inputs = make_inputs(case)
         np.savez(d / "inputs.npz", **inputs)
         (d / "case.json").write_text(json.dumps(case.to_dict(), indent=1))
-        write_reference(d, case, params, inputs)
+        if reference:
+            write_reference(d, case, params, inputs)
         dirs[case.name] = d
     return dirs
 
@@ -269,6 +271,17 @@ def write_reference(case_dir: Path, case: Case, params: Mapping[str, np.ndarray]
             for k in trainable:
                 arrays[f"trajectory{SEP}spread{SEP}{k}"] = np.asarray(_spread(final2[k], final[k]))
     np.savez(case_dir / "reference.npz", **arrays)
+
+
+def reference_job(case_dir: str) -> str:
+    """Compute a prepared case's reference (in a subprocess of the harness: numpy only)."""
+    d = Path(case_dir)
+    case = Case.from_dict(json.loads((d / "case.json").read_text()))
+    params, _ = checkpoint.load(d / "weights.safetensors", case.build_spec(), dtype=case.dtype)
+    with np.load(d / "inputs.npz") as f:
+        inputs = {k: f[k] for k in f.files}
+    write_reference(d, case, params, inputs)
+    return case.name
 
 
 def _perturbed(arrays: Mapping[str, np.ndarray], rng: np.random.Generator
@@ -415,6 +428,19 @@ def run_worker(
     return out
 
 
+def _start_references(dirs: Sequence[Path]) -> tuple[Any, list[Any]]:
+    """Submit every case's reference to one background process (inline if that fails)."""
+    try:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx)
+        return pool, [pool.submit(reference_job, str(d)) for d in dirs]
+    except (OSError, ImportError, NotImplementedError):  # pragma: no cover - no processes
+        return None, [lambda d=d: reference_job(str(d)) for d in dirs]
+
+
 def _each(fn: Callable[[BackendTarget], None], backends: Sequence[BackendTarget],
           jobs: int) -> None:
     if jobs <= 1 or len(backends) <= 1:
@@ -455,7 +481,13 @@ def run_parity(
     t0 = time.perf_counter()
     run_dir = Path(run_dir).resolve()
     root = find_project_root()
-    case_dirs = prepare_run(run_dir, cases)
+    case_dirs = prepare_run(run_dir, cases, reference=False)
+    # The float64 reference (minutes for the default cases: the conditioning
+    # probes run the reference gradient and trajectory twice) is computed in a
+    # process of its own while the workers run; only the comparison needs it.
+    ref_task = progress.add_task("reference (NumPy, float64)", total=len(cases)) \
+        if progress is not None else None
+    pool, futures = _start_references([case_dirs[c.name] for c in cases])
     names = [case_dirs[c.name].name for c in cases]
     devices = ["cpu"] + (["cuda"] if any(c.device == "cuda" for c in cases) else [])
     resolved = {b.name: resolve_python(b.name, pythons, root) for b in backends}
@@ -517,6 +549,12 @@ def run_parity(
 
         _each(copy_phase, [b for b in backends if outcomes[b.name]["main"].status == "ok"],
               jobs)
+    for f in futures:
+        f.result() if pool is not None else f()
+        if progress is not None:
+            progress.advance(ref_task)
+    if pool is not None:
+        pool.shutdown()
     return RunResult(run_dir, list(cases), case_dirs, list(backends), outcomes,
                      {k: v[0] for k, v in resolved.items()}, devices, allow_tf32,
                      seconds=round(time.perf_counter() - t0, 2))
