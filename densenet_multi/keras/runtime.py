@@ -51,10 +51,12 @@ def _nhwc_batch(model: DenseNet, x: Any) -> np.ndarray:
     return layouts.nchw_to_nhwc(x.astype(np.float32, copy=False))
 
 
-def _canonical_stages(stages: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def _canonical_stages(spec: DenseNetSpec, stages: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """NHWC stage tensors -> NCHW numpy, in ``spec.stage_names`` order (jax.jit returns
+    dicts with sorted keys)."""
     out = {}
-    for name, value in stages.items():
-        a = np.asarray(to_numpy(value), dtype=np.float32)
+    for name in spec.stage_names:
+        a = np.asarray(to_numpy(stages[name]), dtype=np.float32)
         out[name] = layouts.nhwc_to_nchw(a) if a.ndim == 4 else a
     return out
 
@@ -196,7 +198,7 @@ def run(model: DenseNet, x: Any, *, train: bool = False) -> ForwardOutput:
             trainable, non_trainable, xn)
     else:
         stages, new_nt = _stateless_stages(model, trainable, non_trainable, xn, train)
-    stages = _canonical_stages(stages)
+    stages = _canonical_stages(model.spec, stages)
     if not train:
         return ForwardOutput(logits=stages["logits"], stages=stages)
     spec = model.spec
