@@ -150,6 +150,16 @@ def test_torch_compile_fullgraph_matches_eager():
     with torch.no_grad():
         got = compiled(xt)
     assert_close(got.numpy(), forward(spec, params, x).logits, "eval")
+    # train mode, through the backward pass: the same gradients as eager
+    y = torch.from_numpy(labels(spec, 2, seed=27))
+    grads = []
+    for m in (compiled, model):
+        model.zero_grad(set_to_none=True)
+        model.train()
+        F.cross_entropy(m(xt), y).backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+    for k in grads[1]:
+        assert_close(grads[0][k].numpy(), grads[1][k].numpy(), "grad", name=k)
 
 
 # ---------------------------------------------------------------------- dropout
