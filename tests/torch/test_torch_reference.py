@@ -144,3 +144,14 @@ def test_build_is_seeded():
     assert not np.array_equal(a["features.conv0.weight"], c["features.conv0.weight"])
     # torchvision's init: BN weight 1, bias 0, classifier bias 0
     assert np.all(a["features.norm5.weight"] == 1) and np.all(a["classifier.bias"] == 0)
+
+
+def test_densenet121_state_dict_matches_golden_torchvision_keys():
+    """tests/spec/golden_densenet121_keys.txt: torchvision's key list and shapes (frozen)."""
+    from pathlib import Path
+
+    golden = Path(__file__).resolve().parents[1] / "spec" / "golden_densenet121_keys.txt"
+    lines = [ln for ln in golden.read_text().splitlines() if ln and not ln.startswith("#")]
+    ours = [f"{k} {tuple(v.shape)}" for k, v in dt.densenet121().state_dict().items()
+            if not k.endswith("num_batches_tracked")]
+    assert ours == lines
