@@ -93,7 +93,8 @@ def build(spec: DenseNetSpec, *, device: str | jax.Device | None = None, seed: i
     """
     dev = resolve_device(device)
     graphdef, abstract_state = _abstract_model(spec)
-    model = nnx.merge(graphdef, abstract_state)  # fresh module objects, placeholder values
+    # copy=True: fresh Variables, never shared with the cached state or another build
+    model = nnx.merge(graphdef, abstract_state, copy=True)
     # The abstract tree has placeholders for the RNG streams too: give every
     # dropout layer its own key (folded from the seed) and a zero counter.
     base = jax.random.key(seed)
