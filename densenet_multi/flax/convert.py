@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from ..layouts import param_from_channels_last, param_to_channels_last
-from ..params import ModuleRef, ParamInfo, ParameterError, module_table, validate_params
+from ..params import ModuleRef, ParameterError, ParamInfo, module_table, validate_params
 from .densenet import DenseNet
 
 __all__ = ["ATTRIBUTES", "resolve", "variables", "load_canonical", "export_canonical",
@@ -108,7 +108,7 @@ def load_canonical(
     device = device or model_device(model)
     staged: list[tuple[nnx.Variable, np.ndarray]] = []
     problems = []
-    for ref, info, var in variables(model):
+    for _, info, var in variables(model):
         a = param_to_channels_last(info.kind, np.asarray(params[info.name], dtype=np.float32))
         if tuple(var.shape) != a.shape:  # our tree disagrees with the spec: a bug, not user error
             problems.append(f"{info.name}: model expects {tuple(var.shape)}, got {a.shape}")

@@ -110,8 +110,7 @@ def fit(model: DenseNet, data: Dataset, *, epochs: int, batch_size: int = 64, lr
         show_progress: bool = True, log=print) -> list[EpochResult]:
     """Train ``model`` on ``data`` with optax SGD + momentum (:func:`~.runtime.sgd`); report
     and return every epoch."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     device = device or resolve_device(None)
     batch_size = min(batch_size, len(data.x_train))

@@ -21,8 +21,9 @@ from densenet_multi.spec import DenseNetSpec, get_spec
 jax = pytest.importorskip("jax")
 pytest.importorskip("flax.nnx")
 
-from densenet_multi import flax as backend  # noqa: E402
 from flax_cases import make_input  # noqa: E402
+
+from densenet_multi import flax as backend  # noqa: E402
 
 #: preset -> (input size, batch): small inputs, as the CPU is small. d2l at
 #: 32x32 is the digits setting; the CIFAR nets' native size is 32x32;

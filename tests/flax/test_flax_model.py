@@ -8,19 +8,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from flax_cases import make_input, tiny_spec
 
+from densenet_multi import flax as backend
 from densenet_multi import reference
+from densenet_multi.flax import DenseLayer, DenseNet
+from densenet_multi.flax.runtime import to_canonical_running_var
 from densenet_multi.layouts import nchw_to_nhwc, nhwc_to_nchw
 from densenet_multi.params import ParameterError, init_params, trainable_names
 from densenet_multi.reference import softmax_cross_entropy
 from densenet_multi.spec import InputError, get_spec
 from densenet_multi.testing import assert_all_close, assert_close, compare
-
-from densenet_multi import flax as backend
-from densenet_multi.flax import DenseLayer, DenseNet
-from densenet_multi.flax.runtime import to_canonical_running_var
-
-from flax_cases import make_input, tiny_spec
 
 
 @pytest.fixture(scope="module")
@@ -109,14 +107,12 @@ def test_eval_leaves_batch_stats_unchanged(tiny):
     spec, params, model, x = tiny
     backend.load_canonical(model, params)
     before = _batch_stats(model)
-    backend.run(model, x, train=False)
-    model.eval()
-    model(jnp.asarray(nchw_to_nhwc(x)))  # eager call in eval mode too
+    backend.run(model, x, train=False)  # model.eval(), then a jitted forward
     after = _batch_stats(model)
-    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
     backend.run(model, x, train=True)
     changed = _batch_stats(model)
-    assert not any(np.array_equal(a, b) for a, b in zip(before, changed))
+    assert not any(np.array_equal(a, b) for a, b in zip(before, changed, strict=True))
     backend.load_canonical(model, params)
 
 
@@ -144,7 +140,7 @@ def test_memory_efficient_same_outputs_and_gradients(bottleneck):
         outs[me] = (backend.run(model, x, train=True), backend.gradients(model, x, labels))
         model.train()
         graphdef, state = nnx.split(model)
-        jaxpr = str(jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x))(
+        jaxpr = str(jax.make_jaxpr(lambda s, x, g=graphdef: nnx.merge(g, s)(x))(
             state, jnp.asarray(nchw_to_nhwc(x))))
         # the rematerialised sub-block (jax.checkpoint's primitive, "remat2" in this jax)
         # is there once per dense layer exactly when asked for
@@ -225,7 +221,7 @@ def test_gradients_match_finite_differences_of_the_reference(tiny):
         d = rng.standard_normal(base.shape)
         d /= np.linalg.norm(d)
 
-        def at(t):
+        def at(t, name=name, base=base, d=d):
             if name == "input":
                 return _loss(spec, p64, base + t * d, labels)
             return _loss(spec, {**p64, name: base + t * d}, x, labels)
