@@ -93,6 +93,8 @@ def _variables(layer: keras.layers.Layer, ref: ModuleRef) -> dict[str, keras.Var
 def to_numpy(value: Any) -> np.ndarray:
     """A numpy copy of a Keras variable or a backend tensor (``.numpy()`` where there is one:
     numpy 2's ``np.array(tf.Variable)`` warns about the ``copy`` keyword)."""
+    if isinstance(value, keras.Variable):
+        value = value.value  # the backend's tensor (tf.Variable, jax.Array)
     return np.array(value.numpy() if hasattr(value, "numpy") else value)
 
 

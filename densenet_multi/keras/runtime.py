@@ -130,7 +130,7 @@ def _values(variables: Iterable[keras.Variable]) -> list[Any]:
 
 
 def _assign(variables: Iterable[keras.Variable], values: Iterable[Any]) -> None:
-    for v, a in zip(variables, values):
+    for v, a in zip(variables, values, strict=True):
         v.assign(a)
 
 
@@ -140,8 +140,8 @@ def _stateless_stages(model: DenseNet, trainable: list[Any], non_trainable: list
     """``model.forward_stages`` as a pure function of the variable values (Keras's
     ``stateless_call``, for the stage dict): returns the stages and the
     non-trainable values after the pass (the updated running statistics in train mode)."""
-    mapping = [*zip(model.trainable_variables, trainable),
-               *zip(model.non_trainable_variables, non_trainable)]
+    mapping = [*zip(model.trainable_variables, trainable, strict=True),
+               *zip(model.non_trainable_variables, non_trainable, strict=True)]
     with keras.StatelessScope(state_mapping=mapping) as scope:
         stages = model.forward_stages(x, training=training)
     return stages, [scope.get_current_value(v) for v in model.non_trainable_variables]
@@ -263,7 +263,7 @@ def gradients(model: DenseNet, x: Any, labels: Any) -> GradOutput:
     xn = _nhwc_batch(model, x)
     y = _labels(labels, xn.shape[0])
     loss, grads, dx, _ = _loss_and_grads(model, xn, y)
-    by_id = {id(v): g for v, g in zip(model.trainable_variables, grads)}
+    by_id = {id(v): g for v, g in zip(model.trainable_variables, grads, strict=True)}
     kinds = {p.name: p.kind for ref in module_table(model.spec) for p in ref.params}
     params = {}
     for name, var in canonical_variables(model).items():

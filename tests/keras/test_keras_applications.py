@@ -11,9 +11,8 @@ from __future__ import annotations
 import functools
 
 import keras
-import numpy as np
 import pytest
-from conftest import batch
+from keras_cases import batch
 
 from densenet_multi import keras as dk
 from densenet_multi import layouts
@@ -39,7 +38,7 @@ STAGE_LAYERS_121 = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _application(preset: str, size: int):
     keras.utils.set_random_seed(0)
     return APPLICATIONS[preset](weights=None, classifier_activation=None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, batch, loaded_model, requires_tensorflow, tiny_spec
+from keras_cases import BACKEND, batch, loaded_model, requires_tensorflow, tiny_spec
 
 from densenet_multi import keras as dk
 from densenet_multi import layouts
@@ -94,7 +94,7 @@ def test_running_var_conversion_helper():
 def _grads_by_path(model, x, y):
     loss, grads, dx, after = runtime._loss_and_grads(model, layouts.nchw_to_nhwc(x), y)
     return loss, {v.path.split("/", 1)[1]: _np(g) for v, g in
-                  zip(model.trainable_variables, grads)}, _np(dx), [_np(a) for a in after]
+                  zip(model.trainable_variables, grads, strict=True)}, _np(dx), [_np(a) for a in after]
 
 
 def _remat_pair(spec, x, y):
@@ -108,7 +108,7 @@ def _remat_pair(spec, x, y):
 
 
 def _assert_remat_equal(out, dtype):
-    (m0, loss0, g0, dx0, after0), (m1, loss1, g1, dx1, after1) = out[False], out[True]
+    (_, loss0, g0, dx0, after0), (_, loss1, g1, dx1, after1) = out[False], out[True]
     assert sorted(g0) == sorted(g1)
     assert_close(loss1, loss0, "grad", dtype)
     assert_all_close(g1, g0, "grad", dtype)
