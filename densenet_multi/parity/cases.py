@@ -181,7 +181,7 @@ def make_inputs(case: Case) -> dict[str, np.ndarray]:
     The trajectory's K batches are one batch repeated (fitting one batch, the
     loss goes down). With K *different* random batches at SGD_DEFAULTS' lr 0.05
     and momentum 0.9 the loss goes up, and by the third step the float64
-    reference itself, started from weights perturbed at float32 rounding level,
+    reference itself, started from weights perturbed by 1e-6 of their size,
     ends 3e-4 away (measured on d2l@96 and densenet40_k12@32): a ReLU input that
     rounding puts on the other side of 0 switches a gradient term on or off, and
     the diverging steps amplify it. No implementation could be held to the

@@ -50,8 +50,8 @@ from ..testing import Comparison, compare, tolerance
 from .cases import CHECKS, Case
 from .worker import SEP
 
-PROBE_NOTE = ("1e-5 of their size (the float32 eval tolerance; the input too, for "
-              "gradients)")
+PROBE_NOTE = ("1e-6 of their size (about the float32 backends' distance from the reference; "
+              "the input too, for gradients)")
 
 __all__ = [
     "Cell",

@@ -68,10 +68,13 @@ COMMON_ENV = {
     "TF_ENABLE_ONEDNN_OPTS": "0",
 }
 DEFAULT_TIMEOUT_S = 1800.0
-#: Relative size of the conditioning probes' perturbation: the float32 eval
-#: tolerance, i.e. how far an implementation that passes the eval check may
-#: legitimately be from the reference at any stage.
-PROBE_REL = 1e-5
+#: Relative size of the conditioning probes' perturbation: about how far the
+#: float32 backends' stages are from the float64 reference (measured: 4e-7 to
+#: 1.5e-6 in eval mode on the default cases). Measured on densenet40_k12's
+#: gradients: at 1e-7 the reference moves 5e-7 (linear, no ReLU flips), at
+#: 1e-6 already 6e-3 (flips); on densenet_bc_100_k12 and densenet121 it moves
+#: 5e-3..1e-2 even at 1e-7.
+PROBE_REL = 1e-6
 
 
 @dataclass(frozen=True)
