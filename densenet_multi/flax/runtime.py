@@ -33,7 +33,7 @@ from .convert import export_canonical, load_canonical, model_device
 from .densenet import DenseNet
 
 __all__ = ["build", "run", "gradients", "train_steps", "devices", "resolve_device",
-           "cross_entropy", "sgd", "to_canonical_running_var"]
+           "cross_entropy", "sgd", "make_optimizer", "to_canonical_running_var"]
 
 _PRECISION = "highest"
 
@@ -278,12 +278,22 @@ def sgd(lr: float, momentum: float) -> optax.GradientTransformation:
     return optax.sgd(learning_rate=lr, momentum=momentum)
 
 
+def make_optimizer(model: DenseNet, lr: float, momentum: float) -> nnx.Optimizer:
+    """``nnx.Optimizer`` with :func:`sgd` over the model's ``nnx.Param``s, its state on
+    the model's device. (optax creates the step counter uncommitted; after the first
+    jitted update it is committed, and jit would compile the step a second time.)"""
+    optimizer = nnx.Optimizer(model, sgd(lr, momentum), wrt=nnx.Param)
+    device = model_device(model)
+    nnx.update(optimizer, jax.device_put(nnx.state(optimizer, nnx.OptState), device))
+    return optimizer
+
+
 def train_steps(model: DenseNet, batches: Iterable[tuple[Any, Any]], *, lr: float,
                 momentum: float) -> list[float]:
     """One optax SGD-with-momentum step per ``(x, labels)`` batch, in training mode;
     the loss of each step (computed before its update). Updates the model in place."""
     model.train()
-    optimizer = nnx.Optimizer(model, sgd(lr, momentum), wrt=nnx.Param)
+    optimizer = make_optimizer(model, lr, momentum)
     losses = []
     with jax.default_matmul_precision(_PRECISION):
         for x, labels in batches:

@@ -31,7 +31,7 @@ from ..data import Dataset, iterate_minibatches, load_digits_dataset, load_fashi
 from ..layouts import nchw_to_nhwc
 from ..spec import PRESETS, get_spec
 from .densenet import DenseNet
-from .runtime import build, cross_entropy, resolve_device, sgd
+from .runtime import build, cross_entropy, make_optimizer, resolve_device
 
 __all__ = ["EpochResult", "train_step", "eval_step", "train_one_epoch", "evaluate", "fit", "main"]
 
@@ -108,13 +108,13 @@ def evaluate(model: DenseNet, x_all: np.ndarray, y_all: np.ndarray, batch_size: 
 def fit(model: DenseNet, data: Dataset, *, epochs: int, batch_size: int = 64, lr: float = 0.1,
         momentum: float = 0.9, seed: int = 0, device: jax.Device | None = None,
         show_progress: bool = True, log=print) -> list[EpochResult]:
-    """Train ``model`` on ``data`` with optax SGD + momentum (:func:`~.runtime.sgd`); report
+    """Train ``model`` on ``data`` with optax SGD + momentum (:func:`~.runtime.make_optimizer`); report
     and return every epoch."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     device = device or resolve_device(None)
     batch_size = min(batch_size, len(data.x_train))
-    optimizer = nnx.Optimizer(model, sgd(lr, momentum), wrt=nnx.Param)
+    optimizer = make_optimizer(model, lr, momentum)
     steps = len(data.x_train) // batch_size
     eval_batch = min(256, len(data.x_test))
     history: list[EpochResult] = []
