@@ -237,7 +237,9 @@ def gradients(model: DenseNet, x: Any, labels: Any) -> GradOutput:
     """Loss and its gradient w.r.t. every trainable canonical parameter and the input.
 
     Computed in training mode (batch statistics), functionally: the model's
-    parameters, running statistics and RNG state are left as they were.
+    parameters, running statistics and RNG state are left as they were (the
+    model is left in training mode). A conv bias that feeds a train-mode BN has
+    a mathematically zero gradient; what comes back for it is rounding noise.
     """
     xj = _input(model, x)
     yj = _labels(model, labels, xj.shape[0])
