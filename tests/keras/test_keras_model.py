@@ -226,8 +226,9 @@ def test_train_steps_reduce_the_loss():
 
 
 # ---------------------------------------------------------------- Keras idioms
-def test_compile_fit_evaluate_predict():
-    spec = tiny_spec(in_channels=1)
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["default", "remat"])
+def test_compile_fit_evaluate_predict(memory_efficient):
+    spec = tiny_spec(in_channels=1, memory_efficient=memory_efficient)
     model = dk.build(spec, seed=2)
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
