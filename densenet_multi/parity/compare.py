@@ -433,7 +433,7 @@ def compare_case(case: Case, case_dir: Path, backends: Sequence[str],
             if path.exists():
                 items = compare_exact(_load_npz(path), canonical, porder, dt)
                 cell("copy", subject, "canonical", _status_of(items), items)
-            elif src is not None:
+            elif src is not None and src["status"] != "done":
                 st = {"unsupported": UNSUPPORTED}.get(src["status"], ERROR)
                 cell("copy", subject, "canonical", st, message=src.get("error", ""),
                      detail=src.get("traceback", ""))
