@@ -277,6 +277,15 @@ def test_bad_inputs_raise_input_error(tiny, shape, dtype, match):
         backend.run(model, np.zeros(shape, dtype))
 
 
+def test_float64_input_is_computed_in_float32(tiny):
+    spec, params, model, x = tiny
+    backend.load_canonical(model, params)
+    a = backend.run(model, x).logits
+    b = backend.run(model, x.astype(np.float64)).logits
+    assert b.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+
+
 def test_model_call_wants_nhwc(tiny):
     spec, _, model, x = tiny
     with pytest.raises(InputError, match="looks like an NCHW"):

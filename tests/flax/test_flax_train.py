@@ -13,8 +13,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_training_smoke(capsys):
-    rc = train.main(["--epochs", "1", "--subset", "96", "--batch-size", "32", "--no-progress",
-                     "--seed", "0"])
+    from densenet_multi.cli import main as cli_main
+
+    # through the command line: `densenet-multi train --backend flax ...` -> train.main
+    rc = cli_main(["train", "--backend", "flax", "--epochs", "1", "--subset", "96",
+                   "--batch-size", "32", "--no-progress", "--seed", "0"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "final test accuracy" in out and "96 train" in out
