@@ -16,7 +16,7 @@ Conventions (all read from :class:`~densenet_multi.spec.DenseNetSpec`):
   Flax/XLA ``"SAME"`` pads a stride-2 layer asymmetrically -- (2, 3) for the
   7x7/2 stem on an even input, (0, 1) for the 3x3/2 max-pool -- which is a
   different network from the paper's and torchvision's symmetric (3, 3) and
-  (1, 1); ``tests/flax/test_densenet.py`` shows the difference.
+  (1, 1); ``tests/flax/test_flax_model.py`` shows the difference.
 * BatchNorm uses ``nnx.BatchNorm`` with Flax's momentum (the weight of the *old*
   running value, ``1 - spec.bn_momentum``), ``epsilon=spec.bn_eps`` and the
   two-pass variance (see :class:`ConvBlock`). Train/eval is switched with
