@@ -12,6 +12,7 @@ Arrays are NCHW float32 images and int64 labels.
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import os
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["Dataset", "load_digits_dataset", "read_idx", "load_fashion_mnist", "resize_bilinear",
-           "iterate_minibatches"]
+           "iterate_minibatches", "add_training_arguments", "dataset_from_args"]
 
 
 @dataclass
@@ -138,3 +139,45 @@ def iterate_minibatches(n: int, batch_size: int, *, shuffle: bool, seed: int = 0
         idx = np.random.Generator(np.random.PCG64([seed, epoch])).permutation(n)
     for i in range(0, n, batch_size):
         yield idx[i:i + batch_size]
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, *, epochs: int = 10,
+                           batch_size: int = 64, lr: float = 0.1) -> argparse.ArgumentParser:
+    """The options every backend's ``densenet-multi train`` entry point shares, so the four
+    command lines read alike; each backend adds its own (device, progress, saving)."""
+    from .spec import PRESETS
+
+    p = parser
+    p.add_argument("--preset", default="d2l", choices=sorted(PRESETS),
+                   help="network preset (its input channels and classes follow the data)")
+    p.add_argument("--epochs", type=_positive, default=epochs)
+    p.add_argument("--batch-size", type=_positive, default=batch_size)
+    p.add_argument("--lr", type=float, default=lr, help="learning rate of SGD with momentum")
+    p.add_argument("--data", choices=("digits", "fashion-mnist"), default="digits",
+                   help="scikit-learn's bundled digits (offline), or Fashion-MNIST IDX files")
+    p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files (.gz or not)")
+    p.add_argument("--size", type=_positive, default=None,
+                   help="input size (default 32; the d2l "
+                        "chapter resizes Fashion-MNIST to 96; the d2l net needs at least 29)")
+    p.add_argument("--subset", type=_positive, default=None, metavar="N",
+                   help="use only the first N training and N test examples (a smoke run)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _positive(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def dataset_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Dataset:
+    """The data set :func:`add_training_arguments` describes (NCHW float32, int64 labels)."""
+    if args.data == "digits":
+        data = load_digits_dataset(size=args.size or 32, seed=args.seed)
+    else:
+        if not args.data_dir:
+            parser.error("--data fashion-mnist needs --data-dir (nothing is downloaded)")
+        data = load_fashion_mnist(args.data_dir, size=args.size or 32)
+    return data.subset(args.subset) if args.subset else data

@@ -27,9 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ..data import Dataset, iterate_minibatches, load_digits_dataset, load_fashion_mnist
+from ..data import Dataset, add_training_arguments, dataset_from_args, iterate_minibatches
 from ..layouts import nchw_to_nhwc
-from ..spec import PRESETS, get_spec
+from ..spec import get_spec
 from .densenet import DenseNet
 from .runtime import build, cross_entropy, make_optimizer, resolve_device
 
@@ -141,18 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="densenet-multi train --backend flax",
                                 description="Train a DenseNet with Flax NNX + optax on digits "
                                             "or Fashion-MNIST.")
-    p.add_argument("--preset", default="d2l", choices=sorted(PRESETS))
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.1)
+    add_training_arguments(p)
     p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--data", choices=("digits", "fashion-mnist"), default="digits")
-    p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files")
-    p.add_argument("--size", type=int, default=None,
-                   help="input size (default 32 for digits, 28 for Fashion-MNIST)")
-    p.add_argument("--subset", type=int, default=None, metavar="N",
-                   help="use the first N training and N test examples")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu or gpu (default: JAX's default device)")
     p.add_argument("--save", metavar="CKPT", help="write a canonical .safetensors checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --save file")
@@ -163,14 +153,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.data == "digits":
-        data = load_digits_dataset(size=args.size or 32, seed=args.seed)
-    else:
-        if not args.data_dir:
-            parser.error("--data fashion-mnist needs --data-dir")
-        data = load_fashion_mnist(args.data_dir, size=args.size or 28)
-    if args.subset:
-        data = data.subset(args.subset)
+    data = dataset_from_args(args, parser)
     spec = get_spec(args.preset, in_channels=int(data.x_train.shape[1]),
                     num_classes=data.num_classes)
     device = resolve_device(args.device)

@@ -23,8 +23,8 @@ from mxnet import autograd, gluon
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..data import Dataset, load_digits_dataset, load_fashion_mnist
-from ..spec import PRESETS, get_spec
+from ..data import Dataset, add_training_arguments, dataset_from_args
+from ..spec import get_spec
 from .densenet import in_legacy_mode
 from .runtime import build, context_of, save_checkpoint
 
@@ -89,18 +89,7 @@ def train(net: gluon.HybridBlock, data: Dataset, *, epochs: int, batch_size: int
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="densenet-multi train --backend gluon",
                                 description="Train a DenseNet with MXNet Gluon.")
-    p.add_argument("--preset", default="d2l", choices=sorted(PRESETS),
-                   help="network preset (input channels and classes follow the data)")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--data", default="digits", choices=("digits", "fashion-mnist"))
-    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
-    p.add_argument("--size", type=int, default=None,
-                   help="image size (default 32 for digits, 28 for Fashion-MNIST)")
-    p.add_argument("--subset", type=int, default=None, metavar="N",
-                   help="use only the first N training and N test images")
-    p.add_argument("--seed", type=int, default=0)
+    add_training_arguments(p, epochs=8)
     p.add_argument("--device", default="cpu", help="cpu or gpu")
     p.add_argument("--save", default=None, metavar="PATH",
                    help="write the trained weights as a canonical safetensors checkpoint")
@@ -109,16 +98,10 @@ def _parser() -> argparse.ArgumentParser:
 
 @in_legacy_mode
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     console = Console()
-    if args.data == "digits":
-        data = load_digits_dataset(size=args.size or 32, seed=args.seed)
-    else:
-        if not args.data_dir:
-            _parser().error("--data fashion-mnist needs --data-dir (nothing is downloaded)")
-        data = load_fashion_mnist(args.data_dir, size=args.size or 28)
-    if args.subset:
-        data = data.subset(args.subset)
+    data = dataset_from_args(args, parser)
     spec = get_spec(args.preset, in_channels=data.x_train.shape[1], num_classes=data.num_classes)
     # this is the program's entry point, so seeding the global streams is ours to do:
     # MXNet's (dropout) and numpy's (the DataLoader's shuffling)

@@ -21,11 +21,11 @@ from collections.abc import Sequence
 import keras
 
 from .. import layouts
-from ..data import Dataset, load_digits_dataset, load_fashion_mnist
-from ..spec import PRESETS, get_spec
+from ..data import add_training_arguments, dataset_from_args
+from ..spec import get_spec
 from .densenet import from_spec
 
-__all__ = ["main", "parse_args", "load_data"]
+__all__ = ["main", "parse_args"]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -33,41 +33,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="densenet-multi train --backend keras",
         description="Train a DenseNet with Keras 3 (compile + fit) on digits or Fashion-MNIST.",
     )
-    p.add_argument("--preset", default="d2l", choices=sorted(PRESETS),
-                   help="network preset (its input channels and classes follow the data)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.1,
-                   help="peak learning rate of SGD (momentum 0.9), cosine-decayed per epoch")
-    p.add_argument("--data", choices=("digits", "fashion-mnist"), default="digits")
-    p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files")
-    p.add_argument("--image-size", type=int,
-                   help="input size (default: 32 for digits, 28 for Fashion-MNIST; d2l uses 96)")
-    p.add_argument("--subset", type=int, metavar="N",
-                   help="use only the first N training (and N test) examples: a quick smoke run")
-    p.add_argument("--seed", type=int, default=0)
+    # --lr is the peak learning rate of SGD (momentum 0.9), cosine-decayed per epoch
+    add_training_arguments(p)
     p.add_argument("--save", metavar="PATH.keras", help="save the best model (test accuracy) here")
     p.add_argument("--min-accuracy", type=float,
                    help="exit with status 1 if the final test accuracy is below this")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
                    help="Keras's progress output: 0 silent, 1 progress bar, 2 one line per epoch")
     args = p.parse_args(argv)
-    if args.data == "fashion-mnist" and not args.data_dir:
-        p.error("--data fashion-mnist needs --data-dir (the folder with the IDX files)")
-    for name in ("epochs", "batch_size", "subset", "image_size"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            p.error(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+    args.dataset = dataset_from_args(args, p)  # errors (e.g. no --data-dir) through the parser
     return args
-
-
-def load_data(args: argparse.Namespace) -> Dataset:
-    """The data set of ``args`` (NCHW float32 images, int64 labels), subset if asked."""
-    if args.data == "digits":
-        data = load_digits_dataset(size=args.image_size or 32, seed=args.seed)
-    else:
-        data = load_fashion_mnist(args.data_dir, size=args.image_size or 28)
-    return data.subset(args.subset) if args.subset else data
 
 
 def cosine_schedule(peak: float, epochs: int):
@@ -80,7 +55,7 @@ def cosine_schedule(peak: float, epochs: int):
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     keras.utils.set_random_seed(args.seed)
-    data = load_data(args)
+    data = args.dataset
     x_train, x_test = layouts.nchw_to_nhwc(data.x_train), layouts.nchw_to_nhwc(data.x_test)
     y_train, y_test = data.y_train, data.y_test
     spec = get_spec(args.preset, in_channels=x_train.shape[-1], num_classes=data.num_classes)

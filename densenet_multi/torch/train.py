@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..data import Dataset, load_digits_dataset, load_fashion_mnist
-from ..spec import PRESETS, get_spec
+from ..data import Dataset, add_training_arguments, dataset_from_args
+from ..spec import get_spec
 from .convert import save_checkpoint
 from .densenet import DenseNet
 from .runtime import build
@@ -126,21 +126,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="densenet-multi train --backend torch",
                                 description="Train a DenseNet with PyTorch on digits or "
                                             "Fashion-MNIST.")
-    p.add_argument("--preset", default="d2l", choices=sorted(PRESETS))
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.1)
+    add_training_arguments(p)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
                    help="learning-rate schedule over the epochs (default cosine)")
-    p.add_argument("--data", choices=("digits", "fashion-mnist"), default="digits")
-    p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files")
-    p.add_argument("--size", type=int, default=32,
-                   help="input size (default 32; the d2l chapter resizes Fashion-MNIST to 96; "
-                        "the d2l net needs at least 29)")
-    p.add_argument("--subset", type=int, default=None, metavar="N",
-                   help="use the first N training and N test examples")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads(N) (1 is fastest on a busy shared CPU)")
@@ -151,18 +140,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.data == "digits":
-        data = load_digits_dataset(size=args.size, seed=args.seed)
-    else:
-        if not args.data_dir:
-            _parser().error("--data fashion-mnist needs --data-dir")
-        data = load_fashion_mnist(args.data_dir, size=args.size)
-    if args.subset:
-        data = data.subset(args.subset)
+    data = dataset_from_args(args, parser)
     spec = get_spec(args.preset, in_channels=int(data.x_train.shape[1]),
                     num_classes=data.num_classes)
     model = build(spec, device=args.device, seed=args.seed)
