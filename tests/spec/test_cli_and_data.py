@@ -96,3 +96,17 @@ def test_resize_bilinear_preserves_constants_and_range():
 def test_minibatches_cover_every_index_once():
     idx = np.concatenate(list(iterate_minibatches(10, 3, shuffle=True, seed=1)))
     assert sorted(idx) == list(range(10))
+
+
+def test_shared_training_arguments():
+    import argparse
+
+    from densenet_multi.data import add_training_arguments, dataset_from_args
+
+    p = add_training_arguments(argparse.ArgumentParser(), epochs=8)
+    args = p.parse_args([])
+    assert (args.preset, args.epochs, args.batch_size, args.data) == ("d2l", 8, 64, "digits")
+    with pytest.raises(SystemExit):
+        p.parse_args(["--epochs", "0"])
+    with pytest.raises(SystemExit):
+        dataset_from_args(p.parse_args(["--data", "fashion-mnist"]), p)
