@@ -21,7 +21,11 @@ NCHW activations, OIHW kernels, (out, in) dense weights, torchvision names.
     ``spec.stage_names`` in NCHW, and in train mode (batch statistics) the
     updated running statistics under their canonical names, in PyTorch's
     convention (see the design notes on BatchNorm). Bad input raises
-    :class:`densenet_multi.spec.InputError`.
+    :class:`densenet_multi.spec.InputError`. ``run`` never changes a
+    parameter; after ``train=True`` the PyTorch, Keras and Gluon backends put
+    the model's running statistics back as they were, the Flax backend keeps
+    the update its training forward made (as ``nnx`` state naturally does).
+    The returned ``running`` is what the harness compares.
 ``gradients(model, x, labels) -> GradOutput``
     Loss (mean softmax cross-entropy of the logits against integer labels,
     computed in train mode, i.e. with batch statistics) and its gradient with
