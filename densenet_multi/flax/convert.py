@@ -27,7 +27,14 @@ import numpy as np
 from flax import nnx
 
 from ..layouts import param_from_channels_last, param_to_channels_last
-from ..params import ModuleRef, ParameterError, ParamInfo, module_table, validate_params
+from ..params import (
+    DENSE_LAYER_UNITS,
+    ModuleRef,
+    ParameterError,
+    ParamInfo,
+    module_table,
+    validate_params,
+)
 from .densenet import DenseNet
 
 __all__ = ["ATTRIBUTES", "resolve", "variables", "load_canonical", "export_canonical",
@@ -45,17 +52,6 @@ ATTRIBUTES: dict[tuple[str, str], str] = {
     ("linear", "bias"): "bias",
 }
 
-# A dense layer's canonical sub-layer -> (its ConvBlock, the layer in that block).
-# With a bottleneck, norm1/conv1 are the 1x1 block and norm2/conv2 the 3x3 one;
-# without one, norm/conv are the single 3x3 block.
-_DENSE_LAYER_PARTS: dict[str, tuple[str, str]] = {
-    "norm1": ("bottleneck", "norm"),
-    "conv1": ("bottleneck", "conv"),
-    "norm2": ("growth", "norm"),
-    "conv2": ("growth", "conv"),
-    "norm": ("growth", "norm"),
-    "conv": ("growth", "conv"),
-}
 
 
 def resolve(model: DenseNet, part: tuple[Any, ...]) -> nnx.Module:
@@ -66,7 +62,7 @@ def resolve(model: DenseNet, part: tuple[Any, ...]) -> nnx.Module:
         return getattr(model, part[1])
     if head == "block":  # ("block", b, "layer", l, name)
         _, b, _, l, name = part
-        block_name, layer_name = _DENSE_LAYER_PARTS[name]
+        block_name, layer_name = DENSE_LAYER_UNITS[name]
         return getattr(getattr(model.blocks[b].layers[l], block_name), layer_name)
     if head == "transition":  # ("transition", t, "norm" | "conv")
         _, t, name = part

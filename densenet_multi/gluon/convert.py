@@ -22,7 +22,7 @@ import numpy as np
 from mxnet import gluon, nd
 from mxnet.gluon import nn
 
-from ..params import ModuleRef, ParameterError, module_table, validate_params
+from ..params import DENSE_LAYER_UNITS, ModuleRef, ParameterError, module_table, validate_params
 from ..spec import DenseNetSpec
 from .densenet import DenseNet, in_legacy_mode
 
@@ -49,16 +49,6 @@ GLUON_ATTR: dict[tuple[str, str], str] = {
     ("linear", "bias"): "bias",
 }
 
-# Inside a dense layer the canonical names say norm1/conv1 (bottleneck) and
-# norm2/conv2 (3x3), or norm/conv for a plain layer; ours say which ConvBlock.
-_LAYER_UNIT = {
-    "norm1": ("bottleneck", "norm"),
-    "conv1": ("bottleneck", "conv"),
-    "norm2": ("growth", "norm"),
-    "conv2": ("growth", "conv"),
-    "norm": ("growth", "norm"),
-    "conv": ("growth", "conv"),
-}
 
 
 def resolve(net: DenseNet, part: tuple[Any, ...]) -> gluon.Block:
@@ -69,7 +59,7 @@ def resolve(net: DenseNet, part: tuple[Any, ...]) -> gluon.Block:
         return getattr(net.stem, part[1])
     if head == "block":
         _, b, _, l, name = part
-        unit, leaf = _LAYER_UNIT[name]
+        unit, leaf = DENSE_LAYER_UNITS[name]
         return getattr(getattr(net.blocks[b].layers[l], unit), leaf)
     if head == "transition":
         return getattr(net.transitions[part[1]].compress, part[2])

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 from .. import layouts
-from ..params import ModuleRef, module_table, validate_params
+from ..params import DENSE_LAYER_UNITS, ModuleRef, module_table, validate_params
 from ..spec import DenseNetSpec, get_spec
 from .densenet import DenseNet
 
@@ -45,15 +45,6 @@ __all__ = [
 #: keras.applications' BatchNorm epsilon: the floor of TF's (Keras 2) fused batch-norm kernel.
 KERAS_APPLICATIONS_EPS = 1.001e-5
 
-# A dense layer's canonical unit names -> (its ConvBlock attribute, the layer in that block).
-_DENSE_LAYER_UNITS = {
-    "norm1": ("bottleneck", "norm"),
-    "conv1": ("bottleneck", "conv"),
-    "norm2": ("growth", "norm"),
-    "conv2": ("growth", "conv"),
-    "norm": ("growth", "norm"),  # a plain (non-bottleneck) layer has one BN-ReLU-3x3 unit
-    "conv": ("growth", "conv"),
-}
 
 # (module kind, canonical attribute) -> the Keras variable holding it.
 _KERAS_VARIABLE = {
@@ -75,7 +66,7 @@ def resolve_part(model: DenseNet, part: tuple[Any, ...]) -> keras.layers.Layer:
         return getattr(model, part[1])
     if head == "block":  # ("block", b, "layer", l, unit)
         _, b, _, l, unit = part
-        block_attr, layer_attr = _DENSE_LAYER_UNITS[unit]
+        block_attr, layer_attr = DENSE_LAYER_UNITS[unit]
         return getattr(getattr(model.blocks[b].dense_layers[l], block_attr), layer_attr)
     if head == "transition":  # ("transition", t, "norm" | "conv")
         return getattr(model.transitions[part[1]].block, part[2])
