@@ -21,7 +21,22 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["Dataset", "load_digits_dataset", "read_idx", "load_fashion_mnist", "resize_bilinear",
-           "iterate_minibatches", "add_training_arguments", "dataset_from_args"]
+           "iterate_minibatches", "add_training_arguments", "dataset_from_args", "EpochResult"]
+
+
+@dataclass
+class EpochResult:
+    """One epoch of a training entry point, as the torch and flax loops report it."""
+
+    epoch: int
+    loss: float  # mean training loss over the epoch
+    train_acc: float  # accuracy on the training batches as they were trained on
+    test_acc: float
+    seconds: float
+
+    def describe(self, epochs: int) -> str:
+        return (f"epoch {self.epoch:3d}/{epochs}  loss {self.loss:.4f}  train acc "
+                f"{self.train_acc:.4f}  test acc {self.test_acc:.4f}  ({self.seconds:.1f} s)")
 
 
 @dataclass

@@ -20,29 +20,19 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ..data import Dataset, add_training_arguments, dataset_from_args, iterate_minibatches
+from ..data import Dataset, EpochResult, add_training_arguments, dataset_from_args, iterate_minibatches
 from ..layouts import nchw_to_nhwc
 from ..spec import get_spec
 from .densenet import DenseNet
 from .runtime import build, cross_entropy, make_optimizer, resolve_device
 
 __all__ = ["EpochResult", "train_step", "eval_step", "train_one_epoch", "evaluate", "fit", "main"]
-
-
-@dataclass
-class EpochResult:
-    epoch: int
-    loss: float  # mean training loss over the epoch
-    train_acc: float  # accuracy on the training batches as they were trained on
-    test_acc: float
-    seconds: float
 
 
 @nnx.jit
@@ -132,8 +122,7 @@ def fit(model: DenseNet, data: Dataset, *, epochs: int, batch_size: int = 64, lr
             r = EpochResult(epoch, loss, train_acc, test_acc, time.perf_counter() - t0)
             history.append(r)
             if log is not None:
-                log(f"epoch {epoch:3d}/{epochs}  loss {loss:.4f}  train acc {train_acc:.4f}  "
-                    f"test acc {test_acc:.4f}  ({r.seconds:.1f} s)")
+                log(r.describe(epochs))
     return history
 
 

@@ -17,28 +17,18 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..data import Dataset, add_training_arguments, dataset_from_args
+from ..data import Dataset, EpochResult, add_training_arguments, dataset_from_args
 from ..spec import get_spec
 from .convert import save_checkpoint
 from .densenet import DenseNet
 from .runtime import build
 
 __all__ = ["EpochResult", "make_loaders", "train_one_epoch", "evaluate", "fit", "main"]
-
-
-@dataclass
-class EpochResult:
-    epoch: int
-    loss: float  # mean training loss over the epoch
-    train_acc: float  # accuracy on the training batches as they were trained on
-    test_acc: float
-    seconds: float
 
 
 def make_loaders(data: Dataset, batch_size: int, seed: int = 0) -> tuple[DataLoader, DataLoader]:
@@ -117,8 +107,7 @@ def fit(model: DenseNet, data: Dataset, *, epochs: int, batch_size: int = 64, lr
             r = EpochResult(epoch, loss, train_acc, test_acc, time.perf_counter() - t0)
             history.append(r)
             if log is not None:
-                log(f"epoch {epoch:3d}/{epochs}  loss {loss:.4f}  train acc {train_acc:.4f}  "
-                    f"test acc {test_acc:.4f}  ({r.seconds:.1f} s)")
+                log(r.describe(epochs))
     return history
 
 
