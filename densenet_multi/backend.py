@@ -5,17 +5,24 @@ same functions, so that the parity harness, the CLI and the notebooks treat
 all four alike. Everything crossing this boundary is canonical: numpy arrays,
 NCHW activations, OIHW kernels, (out, in) dense weights, torchvision names.
 
-``build(spec, *, device=None, seed=0) -> model``
+``build(spec, *, device=None, seed=0, dtype="float32") -> model``
     The framework-native model (``nn.Module``, ``nnx.Module``, ``keras.Model``,
-    ``HybridBlock``) for ``spec``, with the framework's own initialisation.
+    ``HybridBlock``) for ``spec``, with the framework's own initialisation,
+    its parameters and its computation in ``dtype`` ("float32" or "float64",
+    checked by :func:`check_model_dtype`). Everything below works in the
+    model's dtype: inputs are cast to it, outputs, gradients and exports come
+    back in it. (float64 is what lets the parity harness hold gradients and
+    training trajectories to 1e-10: in float32 a deep ReLU network's gradient
+    is not determined to 1e-4 by its weights; see ``docs/parity.md``.)
 ``load_canonical(model, params) -> None``
     Copy canonical parameters (every trainable parameter *and* the BN running
     statistics) into the model. Validates all keys/shapes first
     (:func:`densenet_multi.params.validate_params`); nothing is copied when
     anything is wrong.
 ``export_canonical(model) -> dict[str, np.ndarray]``
-    The inverse: float32 numpy arrays in canonical names and layout, in
-    ``param_table`` order. ``export_canonical(load_canonical(p)) == p`` bit for bit.
+    The inverse: numpy arrays in canonical names and layout, in
+    ``param_table`` order, in the model's dtype. For parameters of that dtype
+    ``export_canonical(load_canonical(p)) == p`` bit for bit.
 ``run(model, x, *, train=False) -> ForwardOutput``
     Forward an NCHW numpy batch. Returns logits and every stage of
     ``spec.stage_names`` in NCHW, and in train mode (batch statistics) the
@@ -53,6 +60,8 @@ from .reference import ForwardOutput
 
 __all__ = [
     "BACKENDS",
+    "DTYPES",
+    "check_model_dtype",
     "ForwardOutput",
     "GradOutput",
     "SGD_DEFAULTS",
@@ -74,7 +83,29 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
 #: float32 vs float64, worst final weight relative to its tensor's magnitude:
 #: densenet40_k12@32, batch 2: 3.4e-4 at lr 0.05, 1.7e-4 at lr 0.01; batch 8 at
 #: lr 0.01: 2.2e-5. d2l@96, batch 4, lr 0.01: 1.4e-7.
-SGD_DEFAULTS = {"lr": 0.01, "momentum": 0.9}
+#: Both are powers of two (2**-7 and 1 - 2**-3): exact in float32, because MXNet
+#: passes optimizer hyperparameters to its update operators as C floats; with
+#: lr 0.01 / momentum 0.9 (rounded by 2e-8 and 3e-8 there) a float64 Gluon
+#: trajectory ends 2e-9 (relative) from the float64 reference after 2 steps,
+#: with these 1e-15, like the other backends.
+SGD_DEFAULTS = {"lr": 2.0**-7, "momentum": 0.875}
+
+#: The dtypes a model can be built in (``build(..., dtype=)``).
+DTYPES = ("float32", "float64")
+
+
+def check_model_dtype(dtype: object) -> str:
+    """The canonical name ("float32" / "float64") of a model dtype given as a string,
+    numpy dtype or numpy type; a clear ValueError for anything else."""
+    try:
+        # np.dtype(None) is float64: None is refused, not read as a dtype
+        name = None if dtype is None else np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise ValueError(f"model dtype must be one of {DTYPES}, got {dtype!r}")
+    return name
+
 
 CONTRACT = ("build", "load_canonical", "export_canonical", "run", "gradients", "train_steps",
             "devices")

@@ -7,6 +7,7 @@ zoo's fixed 7x7 head).
 
 from .convert import export_canonical, from_zoo, load_canonical, to_zoo
 from .densenet import (
+    BatchNorm,
     ConvBlock,
     DenseBlock,
     DenseLayer,
@@ -23,6 +24,7 @@ from .densenet import (
 from .runtime import (
     build,
     devices,
+    dtype_of,
     gradients,
     load_checkpoint,
     run,
@@ -31,6 +33,7 @@ from .runtime import (
 )
 
 __all__ = [
+    "BatchNorm",
     "ConvBlock",
     "DenseLayer",
     "DenseBlock",
@@ -50,6 +53,7 @@ __all__ = [
     "gradients",
     "train_steps",
     "devices",
+    "dtype_of",
     "from_zoo",
     "to_zoo",
     "save_checkpoint",

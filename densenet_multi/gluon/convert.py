@@ -96,12 +96,14 @@ def _copy_in(pairs: list[tuple[str, gluon.Parameter]], params: Mapping[str, Any]
     if wrong:
         raise ParameterError(f"{what}: shapes do not fit the model:\n  - " + "\n  - ".join(wrong))
     for name, p in pairs:
-        arr = np.asarray(params[name], dtype=np.float32)
-        p.set_data(nd.array(arr, ctx=p.list_ctx()[0], dtype=np.float32))
+        p.set_data(nd.array(np.asarray(params[name]), ctx=p.list_ctx()[0], dtype=p.dtype))
 
 
 def _copy_out(pairs: list[tuple[str, gluon.Parameter]]) -> dict[str, np.ndarray]:
-    return {name: np.ascontiguousarray(p.data().asnumpy(), dtype=np.float32) for name, p in pairs}
+    # float64 stays float64; float32 (and a float16-cast net's arrays) come out as float32
+    return {name: np.ascontiguousarray(
+        p.data().asnumpy(), dtype=np.float64 if np.dtype(p.dtype) == np.float64 else np.float32)
+        for name, p in pairs}
 
 
 @in_legacy_mode
@@ -109,7 +111,8 @@ def load_canonical(net: DenseNet, params: Mapping[str, Any]) -> None:
     """Copy canonical parameters (trainable ones and BN running statistics) into ``net``.
 
     Everything is validated first (keys, shapes, dtypes; float32 or float64);
-    nothing is copied when anything is wrong. Values are stored as float32.
+    nothing is copied when anything is wrong. Values are cast to the parameters'
+    dtype (float32, or float64 for a network built with ``dtype="float64"``).
     """
     validate_params(net.spec, params, dtype=None)
     _copy_in(_pairs(net.spec, lambda ref: resolve(net, ref.part)), params, "load_canonical")
@@ -117,7 +120,8 @@ def load_canonical(net: DenseNet, params: Mapping[str, Any]) -> None:
 
 @in_legacy_mode
 def export_canonical(net: DenseNet) -> dict[str, np.ndarray]:
-    """``net``'s parameters as canonical float32 numpy arrays, in ``param_table`` order."""
+    """``net``'s parameters as canonical numpy arrays, in ``param_table`` order, in the
+    network's dtype (float64 for a float64 network, float32 otherwise)."""
     return _copy_out(_pairs(net.spec, lambda ref: resolve(net, ref.part)))
 
 

@@ -33,12 +33,13 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 import mxnet as mx
-from mxnet import gluon, nd
+from mxnet import autograd, gluon, nd
 from mxnet.gluon import nn
 
 from ..spec import PRESETS, BlockPlan, ConvGeometry, DenseNetSpec, TransitionPlan
 
 __all__ = [
+    "BatchNorm",
     "ConvBlock",
     "DenseLayer",
     "DenseBlock",
@@ -84,13 +85,53 @@ def in_legacy_mode(fn: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-def batch_norm(channels: int, spec: DenseNetSpec) -> nn.BatchNorm:
-    """A BatchNorm over ``channels`` NCHW channels with the spec's epsilon and momentum.
+class BatchNorm(nn.BatchNorm):
+    """``nn.BatchNorm`` whose train-mode batch statistics are computed in two passes
+    when the block runs imperatively.
+
+    MXNet 1.9's CPU BatchNorm kernel sums each channel's values (and squared
+    deviations) in one float32 loop. Measured on a 4x64x56x56 batch (DenseNet-121's
+    first block at 224x224, batch 4), its train-mode output is 1.8e-6 (relative to
+    the output's magnitude) from float64, against 1.1e-7 for the same formula
+    written with ``F.mean`` reductions (1.5e-5 vs 3.3e-7 for inputs of mean 30);
+    through DenseNet-121 that puts block4 7e-5 from the float64 reference, beyond
+    the parity harness's float32 train tolerance (5e-5), where PyTorch is at 1.4e-5.
+
+    So, imperatively (the default; what the backend functions and the harness
+    run) and in train mode, this layer normalises with ``F.mean`` statistics,
+    autograd differentiating the formula, and updates the running statistics
+    *in the forward pass*, by MXNet's rule (``momentum`` = weight of the old
+    value, biased batch variance). In eval mode, and once the network is
+    hybridized (one cached graph serves both modes, so the layer cannot switch
+    on the mode there), it is MXNet's ``BatchNorm`` operator, which updates the
+    running statistics in the backward pass.
+    """
+
+    def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
+        kw = self._kwargs
+        if (F is not nd or not autograd.is_training() or kw["use_global_stats"]
+                or kw["fix_gamma"] or kw["axis"] != 1 or x.ndim != 4):
+            return super().hybrid_forward(F, x, gamma, beta, running_mean, running_var)
+        mean = F.mean(x, axis=(0, 2, 3), keepdims=True)
+        centered = F.broadcast_sub(x, mean)
+        var = F.mean(F.square(centered), axis=(0, 2, 3), keepdims=True)  # biased, two-pass
+        scale = F.broadcast_mul(F.rsqrt(var + kw["eps"]), gamma.reshape((1, -1, 1, 1)))
+        y = F.broadcast_add(F.broadcast_mul(centered, scale), beta.reshape((1, -1, 1, 1)))
+        with autograd.pause():
+            m = kw["momentum"]
+            running_mean[:] = m * running_mean + (1 - m) * mean.reshape((-1,))
+            running_var[:] = m * running_var + (1 - m) * var.reshape((-1,))
+        return y
+
+
+def batch_norm(channels: int, spec: DenseNetSpec) -> BatchNorm:
+    """A :class:`BatchNorm` over ``channels`` NCHW channels with the spec's epsilon and
+    momentum.
 
     The epsilon is passed explicitly (Gluon's default happens to be 1e-5 too,
     but a spec that wants keras.applications' 1.001e-5 must get it).
     """
-    return nn.BatchNorm(
+    return BatchNorm(
         axis=1,
         in_channels=channels,
         epsilon=spec.bn_eps,

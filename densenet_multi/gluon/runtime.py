@@ -1,15 +1,18 @@
 """The backend contract (:mod:`densenet_multi.backend`) for MXNet Gluon.
 
 Everything crossing this boundary is canonical numpy (NCHW, OIHW, torchvision
-names). Two MXNet 1.9 facts shape this module:
+names), in the network's dtype (float32, or float64 after ``build(dtype=
+"float64")``, i.e. Gluon's ``net.cast("float64")``). Two MXNet 1.9 facts shape this module:
 
-* **BatchNorm updates its running statistics in the backward pass**, not the
-  forward: a forward under ``autograd.record(train_mode=True)`` leaves them
-  untouched (hybridized or not), and the update uses the *biased* batch
-  variance. :func:`run` with ``train=True`` therefore runs one backward pass
-  (w.r.t. the input only, with a zero head gradient, so no parameter gradient
-  buffer is touched) and then converts the update to the canonical (PyTorch)
-  convention with :func:`_pytorch_running_var`: ``run`` returns exactly the
+* **MXNet's BatchNorm operator updates its running statistics in the backward
+  pass**, not the forward, and with the *biased* batch variance. (Our
+  :class:`~densenet_multi.gluon.densenet.BatchNorm` computes precise two-pass
+  statistics imperatively and updates in the forward pass, by the same rule;
+  hybridized, it is the operator.) :func:`run` with ``train=True`` therefore
+  runs one backward pass (w.r.t. the input only, with a zero head gradient, so
+  no parameter gradient buffer is touched), which covers both, and then
+  converts the update to the canonical (PyTorch) convention with
+  :func:`_pytorch_running_var`: ``run`` returns exactly the
   statistics PyTorch's train-mode forward would leave, and puts the model's
   back as they were (``run`` and ``gradients`` never change the model, as in
   the PyTorch backend). :func:`train_steps` writes the converted statistics
@@ -36,15 +39,15 @@ import numpy as np
 from mxnet import autograd, gluon, nd
 
 from .. import checkpoint
-from ..backend import GradOutput
+from ..backend import GradOutput, check_model_dtype
 from ..params import module_table
 from ..reference import ForwardOutput
 from ..spec import DenseNetSpec, InputError, check_input_dtype, check_input_shape
 from .convert import export_canonical, gluon_param, load_canonical, resolve
 from .densenet import DenseNet, in_legacy_mode
 
-__all__ = ["build", "run", "gradients", "train_steps", "devices", "context_of", "save_checkpoint",
-           "load_checkpoint"]
+__all__ = ["build", "run", "gradients", "train_steps", "devices", "context_of", "dtype_of",
+           "save_checkpoint", "load_checkpoint"]
 
 
 class _SeededInit(mx.init.Initializer):
@@ -85,17 +88,27 @@ def devices() -> list[str]:
     return ["cpu"] + (["gpu"] if mx.context.num_gpus() > 0 else [])
 
 
+def dtype_of(net: DenseNet) -> np.dtype:
+    """The dtype the network's parameters (and so its computation) are in."""
+    return np.dtype(net.stem.conv0.weight.dtype)
+
+
 @in_legacy_mode
 def build(spec: DenseNetSpec, *, device: str | None = None, seed: int = 0,
-          hybridize: bool = False) -> DenseNet:
-    """An initialised :class:`DenseNet` for ``spec`` on ``device`` ("cpu" or "gpu").
+          dtype: str = "float32", hybridize: bool = False) -> DenseNet:
+    """An initialised :class:`DenseNet` for ``spec`` on ``device`` ("cpu" or "gpu"), its
+    parameters in ``dtype`` ("float32" or "float64", Gluon's ``Block.cast``).
 
     Parameters exist right away (every layer knows its ``in_channels``);
     weights are He-normal from ``seed`` without touching MXNet's global RNG.
-    ``hybridize=True`` compiles it to a cached graph (same numbers).
+    ``hybridize=True`` compiles it to a cached graph (the same numbers in eval
+    mode; in train mode see :class:`~densenet_multi.gluon.densenet.BatchNorm`).
     """
+    dtype = check_model_dtype(dtype)
     net = DenseNet(spec)
     net.initialize(_SeededInit(seed), ctx=_context(device))
+    if dtype != "float32":
+        net.cast(dtype)
     if hybridize:
         net.hybridize()
     return net
@@ -106,7 +119,7 @@ def _as_batch(net: DenseNet, x: Any) -> nd.NDArray:
     x = np.asarray(x)
     check_input_dtype(x.dtype)
     check_input_shape(net.spec, x.shape, "NCHW")
-    return nd.array(x, ctx=context_of(net), dtype=np.float32)
+    return nd.array(x, ctx=context_of(net), dtype=dtype_of(net))
 
 
 def _as_labels(net: DenseNet, labels: Any, n: int) -> nd.NDArray:
@@ -117,7 +130,7 @@ def _as_labels(net: DenseNet, labels: Any, n: int) -> nd.NDArray:
     if n and (y.min() < 0 or y.max() >= net.spec.num_classes):
         raise InputError(f"labels must lie in [0, {net.spec.num_classes}), got "
                          f"[{y.min()}, {y.max()}]")
-    return nd.array(y, ctx=context_of(net), dtype=np.float32)
+    return nd.array(y, ctx=context_of(net), dtype=dtype_of(net))
 
 
 def _running_pairs(net: DenseNet) -> list[tuple[str, str, gluon.Parameter]]:
@@ -173,7 +186,7 @@ def _pytorch_running_var(old: np.ndarray, new: np.ndarray, momentum: float,
     unscaled, as the reference does).
     """
     old64, new64 = old.astype(np.float64), new.astype(np.float64)
-    return (new64 + (new64 - (1.0 - momentum) * old64) / max(count - 1, 1)).astype(np.float32)
+    return new64 + (new64 - (1.0 - momentum) * old64) / max(count - 1, 1)
 
 
 def _canonical_running(net: DenseNet, before: dict[str, np.ndarray],
@@ -186,13 +199,13 @@ def _canonical_running(net: DenseNet, before: dict[str, np.ndarray],
         if attr == "running_var":
             value = _pytorch_running_var(before[name], value, net.spec.bn_momentum,
                                          counts[name])
-        out[name] = value.astype(np.float32, copy=True)
+        out[name] = value.astype(p.dtype, copy=True)
     return out
 
 
 def _write_running(net: DenseNet, values: dict[str, np.ndarray]) -> None:
     for name, _, p in _running_pairs(net):
-        p.set_data(nd.array(values[name], ctx=p.list_ctx()[0], dtype=np.float32))
+        p.set_data(nd.array(values[name], ctx=p.list_ctx()[0], dtype=p.dtype))
 
 
 def _mean_cross_entropy(logits: nd.NDArray, labels: nd.NDArray) -> nd.NDArray:

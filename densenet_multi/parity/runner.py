@@ -68,13 +68,13 @@ COMMON_ENV = {
     "TF_ENABLE_ONEDNN_OPTS": "0",
 }
 DEFAULT_TIMEOUT_S = 1800.0
-#: Relative size of the conditioning probes' perturbation: about how far the
-#: float32 backends' stages are from the float64 reference (measured: 4e-7 to
-#: 1.5e-6 in eval mode on the default cases). Measured on densenet40_k12's
-#: gradients: at 1e-7 the reference moves 5e-7 (linear, no ReLU flips), at
-#: 1e-6 already 6e-3 (flips); on densenet_bc_100_k12 and densenet121 it moves
-#: 5e-3..1e-2 even at 1e-7.
-PROBE_REL = 1e-6
+#: Relative size of the conditioning probes' perturbation, per case dtype: about
+#: how far a backend computing in that dtype is from the float64 reference
+#: (float32, measured: 4e-7 to 1.5e-6 in eval mode on the default cases; float64:
+#: 1e-15 .. 1e-14). Measured on densenet40_k12's float32 gradients: at 1e-7 the
+#: reference moves 5e-7 (linear, no ReLU flips), at 1e-6 already 6e-3 (flips);
+#: on densenet_bc_100_k12 and densenet121 it moves 5e-3..1e-2 even at 1e-7.
+PROBE_REL = {"float32": 1e-6, "float64": 1e-13}
 
 
 @dataclass(frozen=True)
@@ -240,8 +240,9 @@ def write_reference(case_dir: Path, case: Case, params: Mapping[str, np.ndarray]
         # feeds few positions (a late block at a small input), rounding flips
         # its gradient term and moves whole gradients by far more than the tolerance.
         rng = np.random.Generator(np.random.PCG64([case.seed, 3]))
-        g2 = reference_grad.gradients(spec, _perturbed(params, rng),
-                                      _perturbed({"x": inputs["x"]}, rng)["x"],
+        rel = PROBE_REL[case.dtype]
+        g2 = reference_grad.gradients(spec, _perturbed(params, rng, rel),
+                                      _perturbed({"x": inputs["x"]}, rng, rel)["x"],
                                       inputs["labels"], dtype="float64")
         arrays[f"grad{SEP}spread{SEP}loss"] = np.asarray(abs(g2.loss - g.loss) / abs(g.loss))
         arrays[f"grad{SEP}spread{SEP}input"] = np.asarray(_spread(g2.input, g.input))
@@ -267,7 +268,9 @@ def write_reference(case_dir: Path, case: Case, params: Mapping[str, np.ndarray]
             # amplify that far beyond the tolerance; where the reference's own
             # spread exceeds the tolerance, no implementation can be held to it.
             rng = np.random.Generator(np.random.PCG64([case.seed, 2]))
-            losses2, final2 = reference_grad.train_steps(spec, _perturbed(params, rng), batches,
+            losses2, final2 = reference_grad.train_steps(spec, _perturbed(params, rng,
+                                                                          PROBE_REL[case.dtype]),
+                                                         batches,
                                                          dtype="float64", **SGD_DEFAULTS)
             arrays[f"trajectory{SEP}spread{SEP}losses"] = np.asarray(
                 _spread(np.asarray(losses2), np.asarray(losses)))
@@ -287,10 +290,10 @@ def reference_job(case_dir: str) -> str:
     return case.name
 
 
-def _perturbed(arrays: Mapping[str, np.ndarray], rng: np.random.Generator
+def _perturbed(arrays: Mapping[str, np.ndarray], rng: np.random.Generator, rel: float
                ) -> dict[str, np.ndarray]:
-    """float64 copies, each element scaled by (1 + PROBE_REL * N(0, 1))."""
-    return {k: np.asarray(v, np.float64) * (1 + PROBE_REL * rng.standard_normal(np.shape(v)))
+    """float64 copies, each element scaled by (1 + rel * N(0, 1))."""
+    return {k: np.asarray(v, np.float64) * (1 + rel * rng.standard_normal(np.shape(v)))
             for k, v in arrays.items()}
 
 

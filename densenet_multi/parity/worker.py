@@ -212,7 +212,7 @@ def run_case(be: Any, name: str, case_dir: Path, device: str, events: _Events) -
     def fresh_model() -> Any:
         nonlocal model
         if model is None:
-            model = be.build(spec, device=bdev, seed=case.seed)
+            model = be.build(spec, device=bdev, seed=case.seed, dtype=case.dtype)
         return model
 
     def loaded_model() -> Any:
@@ -223,7 +223,7 @@ def run_case(be: Any, name: str, case_dir: Path, device: str, events: _Events) -
     def do_shapes() -> None:
         # The model as built, with its framework's own initialisation: a wrong
         # width then shows up here as a shape, not as a load_canonical error.
-        m = be.build(spec, device=bdev, seed=case.seed)
+        m = be.build(spec, device=bdev, seed=case.seed, dtype=case.dtype)
         out = be.run(m, x, train=False)
         shapes = {k: list(np.shape(v)) for k, v in out.stages.items()}
         shapes["@logits"] = list(np.shape(out.logits))
@@ -320,7 +320,7 @@ def copy_case(be: Any, name: str, case_dir: Path, sources: Sequence[str], events
         t0 = time.perf_counter()
         try:
             if model is None:
-                model = be.build(spec, device="cpu", seed=case.seed)
+                model = be.build(spec, device="cpu", seed=case.seed, dtype=case.dtype)
             be.load_canonical(model, load_file(str(path)))
             exported = be.export_canonical(model)
             arr = {str(k): _np(v, f"export_canonical()[{k!r}]", report["notes"])

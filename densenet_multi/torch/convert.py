@@ -86,11 +86,15 @@ def load_canonical(model: DenseNet, params: Mapping[str, Any]) -> DenseNet:
 
 
 def export_canonical(model: DenseNet) -> dict[str, np.ndarray]:
-    """Canonical float32 numpy arrays of every parameter and running statistic, in
-    ``param_table`` order (no ``num_batches_tracked``)."""
+    """Canonical numpy arrays of every parameter and running statistic, in
+    ``param_table`` order (no ``num_batches_tracked``): float64 for a float64 model,
+    float32 otherwise (a ``.half()`` model exports float32, the canonical checkpoint
+    dtypes being float32 and float64)."""
     out: dict[str, np.ndarray] = {}
     for _, name, _, tensor in canonical_tensors(model):
-        t = tensor.detach().to(device="cpu", dtype=torch.float32)
+        t = tensor.detach().cpu()
+        if t.dtype != torch.float64:
+            t = t.to(torch.float32)
         out[name] = np.ascontiguousarray(t.numpy()).copy()
     return out
 

@@ -9,8 +9,9 @@ variance), so the running statistics need no conversion.
 ``run`` and ``gradients`` do not change the model: a train-mode pass updates
 the BN running statistics, and these functions put them back afterwards (the
 updated values are what ``run(train=True)`` returns). ``train_steps`` trains.
-The model's own dtype is used (``model.double()`` runs in float64); inputs are
-cast to it.
+The model's own dtype is used (``build(spec, dtype="float64")`` or
+``model.double()`` runs in float64); inputs are cast to it, and outputs and
+gradients come back in it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..backend import GradOutput
+from ..backend import GradOutput, check_model_dtype
 from ..params import module_table
 from ..reference import ForwardOutput
 from ..spec import DenseNetSpec, InputError, check_input_dtype, check_input_shape
@@ -37,12 +38,14 @@ def devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def build(spec: DenseNetSpec, *, device: str | torch.device | None = None, seed: int = 0
-          ) -> DenseNet:
-    """A :class:`DenseNet` for ``spec`` with torchvision's initialisation, seeded."""
+def build(spec: DenseNetSpec, *, device: str | torch.device | None = None, seed: int = 0,
+          dtype: str = "float32") -> DenseNet:
+    """A :class:`DenseNet` for ``spec`` with torchvision's initialisation, seeded, its
+    parameters and buffers in ``dtype`` ("float32" or "float64")."""
+    torch_dtype = {"float32": torch.float32, "float64": torch.float64}[check_model_dtype(dtype)]
     model = DenseNet(spec)
     model.reset_parameters(torch.Generator().manual_seed(seed))
-    return model.to(device) if device is not None else model
+    return model.to(device=device, dtype=torch_dtype)
 
 
 def _param(model: DenseNet) -> torch.Tensor:

@@ -28,11 +28,13 @@ exercise the whole harness. The bugs are the mistakes real ports make:
 ``gradients`` / ``train_steps``: ``good`` and the forward-bug fakes raise
 NotImplementedError (the "unsupported" path); ``autograd`` and ``grad_bug``
 use the reference's tape (densenet_multi.reference_grad) in float64, rounded
-to float32 (a float32 NumPy tape is less accurate than the frameworks), and
+to the model's dtype (a float32 NumPy tape is less accurate than the frameworks), and
 ``grad_bug`` then scales the gradient of the transition1 kernel by 1.01.
 
 ``fake_gpu`` claims a "cuda" device (and computes the same there);
 ``fake_gpu_tf32`` keeps only TF32's 10 mantissa bits in the stem on it.
+
+``float32_only`` ignores ``build(dtype=...)``: a float64 case runs in float32.
 
 ``crash`` exits the interpreter in the middle of the eval check; ``hang``
 sleeps past any test timeout; ``raises`` raises a RuntimeError in eval.
@@ -49,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from densenet_multi import layouts, reference, reference_grad
-from densenet_multi.backend import GradOutput
+from densenet_multi.backend import GradOutput, check_model_dtype
 from densenet_multi.params import init_params, param_table, validate_params
 from densenet_multi.reference import ForwardOutput, relu
 from densenet_multi.spec import (
@@ -95,6 +97,7 @@ class Model:
     mspec: DenseNetSpec  # what this (buggy) backend actually builds
     store: dict[str, np.ndarray]  # in the backend's own layout
     device: str = "cpu"
+    dtype: str = "float32"
 
 
 class Fake:
@@ -103,7 +106,8 @@ class Fake:
                  reshape_load: bool = False, transpose_export: bool = False,
                  int_rounding: bool = False, grads: bool = False,
                  grad_bug: bool = False, crash: bool = False, hang: bool = False,
-                 raises: bool = False, gpu: bool = False, tf32: bool = False) -> None:
+                 raises: bool = False, gpu: bool = False, tf32: bool = False,
+                 float32_only: bool = False) -> None:
         self.__dict__.update(locals())
         del self.__dict__["self"]
 
@@ -121,9 +125,12 @@ class Fake:
             m = m.replace(transition_rounding="floor")  # BUG: int(n * theta), spec ignored
         return m
 
-    def build(self, spec: DenseNetSpec, *, device: str | None = None, seed: int = 0) -> Model:
+    def build(self, spec: DenseNetSpec, *, device: str | None = None, seed: int = 0,
+              dtype: str = "float32") -> Model:
         mspec = self._mspec(spec)
-        model = Model(spec, mspec, {}, device or "cpu")
+        # BUG (float32_only): the dtype is ignored, a float64 case computes in float32
+        model = Model(spec, mspec, {}, device or "cpu",
+                      "float32" if self.float32_only else check_model_dtype(dtype))
         self._store(model, init_params(mspec, seed + 12345))
         return model
 
@@ -131,7 +138,7 @@ class Fake:
         kinds = {p.name: p.kind for p in param_table(model.mspec)}
         store = {}
         for k, v in params.items():
-            v = np.array(v, dtype=np.float32)
+            v = np.array(v, dtype=model.dtype)
             if self.channels_last and kinds[k] == "conv_weight":
                 o, i, kh, kw = v.shape
                 # BUG (reshape_load): a reshape keeps the memory order: not a transpose
@@ -140,7 +147,7 @@ class Fake:
         model.store = store
 
     def load_canonical(self, model: Model, params: dict[str, np.ndarray]) -> None:
-        validate_params(model.mspec, params)
+        validate_params(model.mspec, params, dtype=None)
         self._store(model, params)
 
     def export_canonical(self, model: Model) -> dict[str, np.ndarray]:
@@ -153,7 +160,7 @@ class Fake:
                     v = v.reshape(o, i, kh, kw)  # the inverse of the load bug: round trip exact
                 else:
                     v = layouts.hwio_to_oihw(v)
-            out[p.name] = np.array(v, dtype=np.float32)
+            out[p.name] = np.array(v, dtype=model.dtype)
         return out
 
     def _canonical_view(self, model: Model) -> dict[str, np.ndarray]:
@@ -171,12 +178,13 @@ class Fake:
             raise RuntimeError("deliberate failure in run()")
         x = np.asarray(x)
         check_input_dtype(x.dtype)
+        x = x.astype(model.dtype)
         check_input_shape(model.spec, x.shape)
         out = self._forward(model, x, train)
         if train:
             # a train-mode forward updates the model's running statistics
             for k, v in out.running.items():
-                model.store[k] = v.astype(np.float32)
+                model.store[k] = v.astype(model.dtype)
         return out
 
     def _forward(self, model: Model, x: np.ndarray, train: bool) -> ForwardOutput:
@@ -221,11 +229,11 @@ class Fake:
             raise NotImplementedError("this fake has no gradients")
         r = reference_grad.gradients(model.mspec, self.export_canonical(model), x, labels,
                                      dtype="float64")
-        grads = {k: v.astype(np.float32) for k, v in r.params.items()}
+        grads = {k: v.astype(model.dtype) for k, v in r.params.items()}
         if self.grad_bug:
             k = "features.transition1.conv.weight"
-            grads[k] = grads[k] * np.float32(1.01)  # BUG
-        return GradOutput(r.loss, grads, r.input.astype(np.float32))
+            grads[k] = grads[k] * 1.01  # BUG
+        return GradOutput(r.loss, grads, r.input.astype(model.dtype))
 
     def train_steps(self, model: Model, batches: Any, *, lr: float, momentum: float) -> list[float]:
         if not self.grads:
@@ -233,7 +241,7 @@ class Fake:
         losses, final = reference_grad.train_steps(model.mspec, self.export_canonical(model),
                                                    list(batches), lr=lr, momentum=momentum,
                                                    dtype="float64")
-        self._store(model, {k: np.asarray(v, np.float32) for k, v in final.items()})
+        self._store(model, dict(final))
         return losses
 
 
@@ -253,3 +261,5 @@ raises = Fake(raises=True)
 #: "GPU" fakes (the same NumPy code on device "cuda"): the device check's comparison logic
 fake_gpu = Fake(gpu=True, grads=True)
 fake_gpu_tf32 = Fake(gpu=True, grads=True, tf32=True)
+#: builds float32 whatever dtype it is asked for
+float32_only = Fake(grads=True, float32_only=True)

@@ -120,3 +120,27 @@ def test_wrong_gradient_is_reported_at_its_parameter(tmp_path):
     # NotImplementedError marks the check unsupported, never passed
     assert cell(cc, "grad", "good").status == UNSUPPORTED
     assert cell(cc, "trajectory", "good").status == UNSUPPORTED
+
+
+def test_float64_case_holds_gradients_to_1e10_and_catches_a_float32_backend(tmp_path):
+    """A float64 case: a float64 backend passes grad and trajectory at the float64
+    tolerances (well inside them), the gradient bug is a FAIL at its parameter (not
+    'ill-conditioned': the probe moves the float64 reference by ~1e-13), and a backend
+    that ignores build(dtype=...) and computes in float32 fails from the first stage."""
+    case = Case("bc64", TINY_BC, (16, 16), dtype="float64", batch=4, steps=2,
+                checks=("eval", "train", "grad", "trajectory", "copy"))
+    _, ccs = run(tmp_path, [case], [fake("autograd"), fake("grad_bug"), fake("float32_only")])
+    cc = ccs["bc64"]
+    for check in ("eval", "train", "grad", "trajectory", "copy"):
+        c = cell(cc, check, "autograd")
+        assert c.status == PASS, (check, c.first_fail)
+        assert c.worst_rel <= 1e-3 * tolerance(check, "float64") or check == "copy"
+    bad = cell(cc, "grad", "grad_bug")
+    assert bad.status == FAIL
+    assert bad.first_fail.item == "features.transition1.conv.weight"
+    assert bad.first_fail.rel == pytest.approx(0.01, rel=0.05)
+    f32 = cell(cc, "eval", "float32_only")
+    assert f32.status == FAIL and f32.first_fail.item == "stem"
+    assert tolerance("eval", "float64") < f32.first_fail.rel < 1e-5
+    # its export is float32: the bit-exact copy check fails on the dtype
+    assert cell(cc, "copy", "float32_only").status == FAIL

@@ -37,15 +37,29 @@ from densenet_multi.testing import TOLERANCES, tolerance
 
 # ---------------------------------------------------------------------- cases
 def test_default_cases_are_the_issue_s():
-    got = {c.name: (c.spec, c.input_size, c.batch) for c in DEFAULT_CASES}
-    # batches chosen for float32 conditioning (see cases.py)
-    assert got == {"d2l": ("d2l", (96, 96), 4), "densenet121": ("densenet121", (224, 224), 4),
-                   "densenet_bc_100_k12": ("densenet_bc_100_k12", (32, 32), 8),
-                   "densenet40_k12": ("densenet40_k12", (32, 32), 8)}
+    got = {c.name: (c.spec, c.input_size, c.batch, c.dtype) for c in DEFAULT_CASES}
+    # float32 batches chosen for float32 conditioning (see cases.py)
+    assert got == {
+        "d2l": ("d2l", (96, 96), 4, "float32"),
+        "densenet121": ("densenet121", (224, 224), 4, "float32"),
+        "densenet_bc_100_k12": ("densenet_bc_100_k12", (32, 32), 8, "float32"),
+        "densenet40_k12": ("densenet40_k12", (32, 32), 8, "float32"),
+        "d2l-float64": ("d2l", (96, 96), 4, "float64"),
+        "densenet121-float64": ("densenet121", (224, 224), 2, "float64"),
+        "densenet_bc_100_k12-float64": ("densenet_bc_100_k12", (32, 32), 4, "float64"),
+        "densenet40_k12-float64": ("densenet40_k12", (32, 32), 4, "float64"),
+    }
     for c in DEFAULT_CASES:
         assert c.build_spec().drop_rate == 0.0
-        assert c.dtype == "float32" and c.device == "cpu"
+        assert c.device == "cpu"
         assert 1 <= c.steps <= 5
+    # every check of the issue runs on the defaults; gradients and trajectories in
+    # float64 (where they are determined by the weights), on every network
+    checks = {(c.spec, c.dtype): set(c.checks) for c in DEFAULT_CASES}
+    for net in ("d2l", "densenet121", "densenet_bc_100_k12", "densenet40_k12"):
+        assert {"shapes", "eval", "train", "copy"} <= checks[net, "float32"]
+        assert {"eval", "train", "grad", "copy"} <= checks[net, "float64"]
+    assert sum("trajectory" in c.checks for c in DEFAULT_CASES) == 3
 
 
 def test_case_validation_and_round_trip():

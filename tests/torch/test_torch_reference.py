@@ -111,13 +111,28 @@ def test_train_mode_really_updates_running_stats_in_pytorch_convention():
 @pytest.mark.parametrize("spec", [TINY, TINY_PLAIN], ids=lambda s: s.name)
 def test_float64_model_matches_float64_reference(spec):
     spec, params, x = case(spec, 8, batch=2, seed=5, dtype="float64")
-    model = dt.load_canonical(dt.build(spec).double(), params)
+    model = dt.load_canonical(dt.build(spec, dtype="float64"), params)
     for train in (False, True):
         out = dt.run(model, x, train=train)
         ref = forward(spec, params, x, train=train)
         assert out.logits.dtype == np.float64
         assert_all_close(out.stages, ref.stages, "eval" if not train else "train", "float64")
-    assert dt.export_canonical(model)["classifier.weight"].dtype == np.float32
+        if train:
+            assert_all_close(out.running, ref.running, "running", "float64")
+    exported = dt.export_canonical(model)
+    assert {a.dtype for a in exported.values()} == {np.dtype(np.float64)}
+    for k, v in params.items():  # float64 in, float64 out, bit for bit
+        np.testing.assert_array_equal(exported[k], v)
+    # a .double()'d model is the same thing
+    assert dt.export_canonical(dt.load_canonical(dt.build(spec).double(), params)).keys() == params.keys()
+
+
+def test_build_dtype():
+    assert dt.build(TINY).classifier.weight.dtype == torch.float32
+    assert dt.export_canonical(dt.build(TINY))["classifier.weight"].dtype == np.float32
+    assert dt.export_canonical(dt.build(TINY).half())["classifier.weight"].dtype == np.float32
+    with pytest.raises(ValueError, match=r"one of \('float32', 'float64'\), got 'float16'"):
+        dt.build(TINY, dtype="float16")
 
 
 def test_float32_model_casts_float64_input():

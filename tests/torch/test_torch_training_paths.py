@@ -59,7 +59,7 @@ def test_gradients_match_reference_densenet121_float64():
     spec, params, x = case(get_spec("densenet121", num_classes=10), 64, batch=2, seed=22,
                            dtype="float64")
     y = labels(spec, 2, seed=22)
-    got = dt.gradients(dt.load_canonical(dt.build(spec).double(), params), x, y)
+    got = dt.gradients(dt.load_canonical(dt.build(spec, dtype="float64"), params), x, y)
     ref = ref_gradients(spec, params, x, y)
     assert_all_close(got.params, ref.params, "grad", "float64")
     assert_close(got.input, ref.input, "grad", "float64")
@@ -198,7 +198,7 @@ def test_train_steps_follow_reference_trajectory_densenet40_float64():
     spec, params, _ = case("densenet40_k12", 16, dtype="float64", seed=29)
     rng = np.random.Generator(np.random.PCG64(29))
     batches = [(rng.standard_normal((2, 3, 16, 16)), rng.integers(0, 10, 2)) for _ in range(2)]
-    model = dt.load_canonical(dt.build(spec).double(), params)
+    model = dt.load_canonical(dt.build(spec, dtype="float64"), params)
     losses = dt.train_steps(model, batches, **SGD_DEFAULTS)
     ref_losses, ref_params = ref_train_steps(spec, params, batches, **SGD_DEFAULTS)
     assert_close(np.array(losses), np.array(ref_losses), "trajectory", "float64")
