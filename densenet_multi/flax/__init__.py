@@ -6,6 +6,12 @@ Offers the backend contract of :mod:`densenet_multi.backend`: :func:`build`,
 (:class:`ConvBlock`, :class:`DenseLayer`, :class:`DenseBlock`,
 :class:`Transition`, :class:`DenseNet`) with the constructors
 :func:`densenet121` ... :func:`densenet201` and :func:`from_spec`.
+
+``build(spec, dtype="float64")`` gives a float64 model; the contract functions
+run it under ``jax.enable_x64(True)`` themselves, so they need no JAX config.
+Calling a float64 model directly (``model(x)``) needs JAX's 64-bit mode on
+(``JAX_ENABLE_X64=1`` or ``jax.config.update("jax_enable_x64", True)``); the
+model raises a RuntimeError saying so otherwise. See ``docs/backends/flax.md``.
 """
 
 from .convert import export_canonical, load_canonical, resolve

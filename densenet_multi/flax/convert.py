@@ -15,14 +15,22 @@ pieces do the whole job:
 
 Names are never assembled from strings here: they come from
 :func:`densenet_multi.params.module_table`.
+
+Dtypes: a canonical array is cast to the dtype of the variable it goes into
+(the model's ``param_dtype``; running statistics at least float32), and comes
+back out in that dtype, so a float64 model round-trips float64 parameters bit
+for bit. For a float64 model both functions run under ``jax.enable_x64(True)``
+(:func:`in_model_dtype`), so they work whether or not JAX's 64-bit mode is on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Any
+import functools
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -35,10 +43,10 @@ from ..params import (
     module_table,
     validate_params,
 )
-from .densenet import DenseNet
+from .densenet import DenseNet, x64_scope
 
 __all__ = ["ATTRIBUTES", "resolve", "variables", "load_canonical", "export_canonical",
-           "model_device"]
+           "model_device", "in_model_dtype"]
 
 #: (ModuleRef.kind, canonical attribute) -> NNX variable attribute of that layer.
 ATTRIBUTES: dict[tuple[str, str], str] = {
@@ -52,6 +60,24 @@ ATTRIBUTES: dict[tuple[str, str], str] = {
     ("linear", "bias"): "bias",
 }
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def in_model_dtype(fn: Callable[Concatenate[DenseNet, _P], _R]) -> Callable[Concatenate[DenseNet, _P], _R]:
+    """Run ``fn(model, ...)`` with JAX's 64-bit mode on when ``model`` is float64
+    (``jax.enable_x64(True)``, thread-local and undone on return), as it is for a
+    float32 model otherwise. Everything that creates, traces or reads arrays for a
+    model goes through this, so float64 models work without global JAX config.
+    (jit caches are keyed on the x64 mode too: functions traced under it never
+    serve a float32 call, or the other way round.)"""
+
+    @functools.wraps(fn)
+    def wrapper(model: DenseNet, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with x64_scope(model.needs_x64):
+            return fn(model, *args, **kwargs)
+
+    return wrapper
 
 
 def resolve(model: DenseNet, part: tuple[Any, ...]) -> nnx.Module:
@@ -90,22 +116,25 @@ def model_device(model: DenseNet) -> jax.Device | None:
     return None
 
 
+@in_model_dtype
 def load_canonical(
     model: DenseNet, params: Mapping[str, Any], *, device: jax.Device | None = None
 ) -> None:
     """Copy canonical parameters and BN running statistics into ``model``.
 
-    Validates every key, shape and dtype first (float32, or float64 which is
-    cast to float32) and converts every array before assigning anything, so
-    that nothing is copied when anything is wrong. Arrays go to ``device``
-    (default: where the model's parameters already are).
+    Validates every key, shape and dtype first (float32 or float64, all
+    alike) and converts every array before assigning anything, so that nothing
+    is copied when anything is wrong. Each array is cast to the dtype of the
+    variable it replaces (the model's dtype): a variable never changes dtype.
+    Arrays go to ``device`` (default: where the model's parameters already are).
     """
     validate_params(model.spec, params, dtype=None, what="canonical parameters")
     device = device or model_device(model)
     staged: list[tuple[nnx.Variable, np.ndarray]] = []
     problems = []
     for _, info, var in variables(model):
-        a = param_to_channels_last(info.kind, np.asarray(params[info.name], dtype=np.float32))
+        dtype = var.get_value().dtype  # the model's: a variable never changes dtype
+        a = param_to_channels_last(info.kind, np.asarray(params[info.name], dtype=dtype))
         if tuple(var.shape) != a.shape:  # our tree disagrees with the spec: a bug, not user error
             problems.append(f"{info.name}: model expects {tuple(var.shape)}, got {a.shape}")
         staged.append((var, a))
@@ -115,13 +144,17 @@ def load_canonical(
         var.set_value(jax.device_put(a, device))
 
 
+@in_model_dtype
 def export_canonical(model: DenseNet, *, trainable_only: bool = False) -> dict[str, np.ndarray]:
     """The model's parameters (and, unless ``trainable_only``, BN running statistics)
-    as float32 numpy arrays in canonical names and layout, in ``param_table`` order."""
+    as numpy arrays in the model's dtype (float32 or float64; a narrower one comes
+    back as float32), in canonical names and layout, in ``param_table`` order."""
     out: dict[str, np.ndarray] = {}
     for _, info, var in variables(model):
         if trainable_only and not info.trainable:
             continue
-        a = np.array(var.get_value(), dtype=np.float32)  # a copy the caller owns
+        value = var.get_value()
+        # a copy the caller owns, in the variable's own dtype: bit-exact
+        a = np.array(value, dtype=jnp.promote_types(value.dtype, jnp.float32))
         out[info.name] = param_from_channels_last(info.kind, a)
     return out

@@ -21,16 +21,32 @@ Conventions (all read from :class:`~densenet_multi.spec.DenseNetSpec`):
   running value, ``1 - spec.bn_momentum``), ``epsilon=spec.bn_eps`` and the
   two-pass variance (see :class:`ConvBlock`). Train/eval is switched with
   ``model.train()`` / ``model.eval()`` only.
+* Precision follows Flax's layers: every part takes ``dtype`` (the computation
+  dtype; None infers it from the inputs and parameters) and ``param_dtype``
+  (float32 by default) and hands both to every ``nnx.Conv``, ``nnx.BatchNorm``
+  and ``nnx.Linear``. The BN running statistics are kept in ``param_dtype`` too,
+  but never narrower than float32 (``nnx.BatchNorm`` itself always makes them
+  float32).
+* **float64 needs JAX's 64-bit mode.** JAX computes in float32 unless x64 is on,
+  so creating or calling a float64 :class:`DenseNet` (``dtype`` or
+  ``param_dtype`` float64) raises a RuntimeError saying so while it is off:
+  set ``JAX_ENABLE_X64=1``, call ``jax.config.update("jax_enable_x64", True)``,
+  or work inside ``with jax.enable_x64(True):``. The contract functions of
+  :mod:`densenet_multi.flax` (``build(..., dtype="float64")``, ``run``, ...)
+  do the last themselves, so they work in any process.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from flax.typing import Dtype
 
 from ..spec import ConvGeometry, DenseNetSpec, check_input_dtype, check_input_shape, get_spec
 
@@ -47,6 +63,9 @@ __all__ = [
     "from_spec",
     "batch_norm",
     "conv",
+    "needs_x64",
+    "x64_scope",
+    "check_x64",
 ]
 
 # torchvision's initialisation: Kaiming normal (fan-in, gain sqrt(2)) for conv
@@ -54,9 +73,44 @@ __all__ = [
 _kaiming_normal = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
-def batch_norm(spec: DenseNetSpec, num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    """The spec's BatchNorm in Flax's conventions."""
-    return nnx.BatchNorm(
+# ---------------------------------------------------------------------- precision
+def needs_x64(*dtypes: Dtype | None) -> bool:
+    """Whether any of ``dtypes`` (None: unspecified) is float64, which JAX only
+    computes in with its 64-bit mode on."""
+    return any(d is not None and np.dtype(d) == np.float64 for d in dtypes)
+
+
+def x64_scope(enabled: bool) -> contextlib.AbstractContextManager:
+    """``jax.enable_x64(True)`` when ``enabled`` (a float64 model), else a no-op context:
+    float32 models run exactly as they would without it."""
+    return jax.enable_x64(True) if enabled else contextlib.nullcontext()
+
+
+def check_x64(dtype: Dtype | None, param_dtype: Dtype | None) -> None:
+    """Raise a clear RuntimeError when a float64 model meets JAX with x64 off, where JAX
+    would create float32 parameters or compute in float32 instead."""
+    if needs_x64(dtype, param_dtype) and not jax.config.jax_enable_x64:
+        raise RuntimeError(
+            f"this DenseNet is float64 (dtype={dtype}, param_dtype={param_dtype}) but JAX's "
+            "64-bit mode is off, so JAX would compute in float32: set JAX_ENABLE_X64=1, call "
+            "jax.config.update('jax_enable_x64', True), or work inside "
+            "`with jax.enable_x64(True):` (densenet_multi.flax's build/run/gradients/"
+            "train_steps do that themselves)"
+        )
+
+
+# ---------------------------------------------------------------------- layers
+def batch_norm(
+    spec: DenseNetSpec,
+    num_features: int,
+    *,
+    dtype: Dtype | None = None,
+    param_dtype: Dtype = jnp.float32,
+    rngs: nnx.Rngs,
+) -> nnx.BatchNorm:
+    """The spec's BatchNorm in Flax's conventions, its running statistics in
+    ``param_dtype`` (at least float32)."""
+    bn = nnx.BatchNorm(
         num_features,
         # Flax's momentum weighs the OLD running value; the spec's (PyTorch's)
         # weighs the NEW batch statistic: PyTorch 0.1 == Flax 0.9.
@@ -69,8 +123,17 @@ def batch_norm(spec: DenseNetSpec, num_features: int, *, rngs: nnx.Rngs) -> nnx.
         use_fast_variance=False,
         # Built in training mode; model.eval() flips this to True.
         use_running_average=False,
+        dtype=dtype,
+        param_dtype=param_dtype,
         rngs=rngs,
     )
+    # nnx.BatchNorm makes its running statistics float32 whatever param_dtype
+    # is; a float64 model keeps them in float64, so that they load and export
+    # bit-exactly and its eval forward is float64 throughout.
+    stats_dtype = jnp.promote_types(param_dtype, jnp.float32)
+    for stat in (bn.mean, bn.var):
+        stat.set_value(stat.get_value().astype(stats_dtype))
+    return bn
 
 
 def conv(
@@ -79,6 +142,8 @@ def conv(
     out_features: int,
     geometry: ConvGeometry,
     *,
+    dtype: Dtype | None = None,
+    param_dtype: Dtype = jnp.float32,
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
     """A convolution with the spec's kernel, stride and *explicit* symmetric padding."""
@@ -92,6 +157,8 @@ def conv(
         padding=geometry.pads,
         use_bias=spec.conv_bias,
         kernel_init=_kaiming_normal,
+        dtype=dtype,
+        param_dtype=param_dtype,
         rngs=rngs,
     )
 
@@ -106,10 +173,13 @@ class ConvBlock(nnx.Module):
         out_features: int,
         geometry: ConvGeometry,
         *,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ) -> None:
-        self.norm = batch_norm(spec, in_features, rngs=rngs)
-        self.conv = conv(spec, in_features, out_features, geometry, rngs=rngs)
+        self.norm = batch_norm(spec, in_features, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.conv = conv(spec, in_features, out_features, geometry, dtype=dtype,
+                         param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.conv(nnx.relu(self.norm(x)))
@@ -136,16 +206,20 @@ class DenseLayer(nnx.Module):
         in_features: int,
         bottleneck_features: int | None,
         *,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ) -> None:
         self.memory_efficient = spec.memory_efficient
         self.bottleneck: ConvBlock | None = (
-            ConvBlock(spec, in_features, bottleneck_features, spec.bottleneck_conv, rngs=rngs)
+            ConvBlock(spec, in_features, bottleneck_features, spec.bottleneck_conv, dtype=dtype,
+                      param_dtype=param_dtype, rngs=rngs)
             if bottleneck_features is not None
             else None
         )
         growth_in = in_features if bottleneck_features is None else bottleneck_features
-        self.growth = ConvBlock(spec, growth_in, spec.growth_rate, spec.growth_conv, rngs=rngs)
+        self.growth = ConvBlock(spec, growth_in, spec.growth_rate, spec.growth_conv, dtype=dtype,
+                                param_dtype=param_dtype, rngs=rngs)
         # Dropout draws from the explicit "dropout" stream of the Rngs passed in.
         self.dropout = nnx.Dropout(spec.drop_rate, rngs=rngs)
 
@@ -169,12 +243,21 @@ class DenseLayer(nnx.Module):
 class DenseBlock(nnx.Module):
     """``num_layers`` dense layers; each sees the concatenation of all earlier maps."""
 
-    def __init__(self, spec: DenseNetSpec, block_index: int, *, rngs: nnx.Rngs) -> None:
+    def __init__(
+        self,
+        spec: DenseNetSpec,
+        block_index: int,
+        *,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ) -> None:
         plan = spec.channel_plan.blocks[block_index]
         # nnx.List, not a plain list: NNX treats plain lists as static data.
         self.layers = nnx.List(
             [
-                DenseLayer(spec, width, plan.bottleneck_channels, rngs=rngs)
+                DenseLayer(spec, width, plan.bottleneck_channels, dtype=dtype,
+                           param_dtype=param_dtype, rngs=rngs)
                 for width in plan.layer_in_channels
             ]
         )
@@ -189,10 +272,19 @@ class DenseBlock(nnx.Module):
 class Transition(nnx.Module):
     """BN -> ReLU -> 1x1 conv (compression theta) -> 2x2/2 average pool."""
 
-    def __init__(self, spec: DenseNetSpec, transition_index: int, *, rngs: nnx.Rngs) -> None:
+    def __init__(
+        self,
+        spec: DenseNetSpec,
+        transition_index: int,
+        *,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ) -> None:
         plan = spec.channel_plan.transitions[transition_index]
         self.block = ConvBlock(
-            spec, plan.in_channels, plan.out_channels, spec.transition_conv, rngs=rngs
+            spec, plan.in_channels, plan.out_channels, spec.transition_conv, dtype=dtype,
+            param_dtype=param_dtype, rngs=rngs,
         )
         self.pool_geometry = spec.transition_pool
 
@@ -211,22 +303,46 @@ class DenseNet(nnx.Module):
     applies that ReLU in ``forward``; here it belongs to the features),
     ``forward_head(x, pre_logits=True)`` the pooled features, and
     ``forward_stages`` every stage of ``spec.stage_names``.
+
+    ``dtype`` (computation; None infers it from inputs and parameters) and
+    ``param_dtype`` (parameters and BN running statistics) go to every layer.
+    A float64 network needs JAX's 64-bit mode on to be created or called (a
+    clear RuntimeError otherwise; see the module docstring).
     """
 
-    def __init__(self, spec: DenseNetSpec, *, rngs: nnx.Rngs) -> None:
+    def __init__(
+        self,
+        spec: DenseNetSpec,
+        *,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ) -> None:
+        check_x64(dtype, param_dtype)
         self.spec = spec
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        dt = {"dtype": dtype, "param_dtype": param_dtype}
         plan = spec.channel_plan
         # Stem: 7x7/2 conv + BN-ReLU + 3x3/2 max-pool (ImageNet) or one 3x3 conv (CIFAR).
-        self.conv0 = conv(spec, spec.in_channels, plan.stem_channels, spec.stem_conv, rngs=rngs)
+        self.conv0 = conv(spec, spec.in_channels, plan.stem_channels, spec.stem_conv, **dt,
+                          rngs=rngs)
         self.norm0 = (
-            batch_norm(spec, plan.stem_channels, rngs=rngs) if spec.stem_has_norm else None
+            batch_norm(spec, plan.stem_channels, **dt, rngs=rngs) if spec.stem_has_norm else None
         )
-        self.blocks = nnx.List([DenseBlock(spec, b, rngs=rngs) for b in range(spec.num_blocks)])
+        self.blocks = nnx.List(
+            [DenseBlock(spec, b, **dt, rngs=rngs) for b in range(spec.num_blocks)]
+        )
         self.transitions = nnx.List(
-            [Transition(spec, t, rngs=rngs) for t in range(len(plan.transitions))]
+            [Transition(spec, t, **dt, rngs=rngs) for t in range(len(plan.transitions))]
         )
-        self.norm5 = batch_norm(spec, plan.final_channels, rngs=rngs)
-        self.classifier = nnx.Linear(plan.final_channels, spec.num_classes, rngs=rngs)
+        self.norm5 = batch_norm(spec, plan.final_channels, **dt, rngs=rngs)
+        self.classifier = nnx.Linear(plan.final_channels, spec.num_classes, **dt, rngs=rngs)
+
+    @property
+    def needs_x64(self) -> bool:
+        """Whether this network computes or keeps parameters in float64 (JAX's x64 mode)."""
+        return needs_x64(self.dtype, self.param_dtype)
 
     # ---------------------------------------------------------------- parts
     def stem(self, x: jax.Array) -> jax.Array:
@@ -244,6 +360,7 @@ class DenseNet(nnx.Module):
         return y
 
     def _check(self, x: jax.Array) -> None:
+        check_x64(self.dtype, self.param_dtype)
         check_input_dtype(x.dtype, ("float32", "float64", "float16", "bfloat16"))
         check_input_shape(self.spec, x.shape, "NHWC")
 
@@ -288,33 +405,48 @@ class DenseNet(nnx.Module):
 
 
 # -------------------------------------------------------------------- constructors
-def from_spec(spec: DenseNetSpec, *, rngs: nnx.Rngs | None = None, seed: int = 0) -> DenseNet:
+def from_spec(
+    spec: DenseNetSpec,
+    *,
+    rngs: nnx.Rngs | None = None,
+    seed: int = 0,
+    dtype: Dtype | None = None,
+    param_dtype: Dtype = jnp.float32,
+) -> DenseNet:
     """A :class:`DenseNet` for ``spec``; ``rngs`` defaults to streams ``params`` and
-    ``dropout`` seeded from ``seed``."""
+    ``dropout`` seeded from ``seed``. ``dtype`` / ``param_dtype`` as in Flax's layers
+    (float64 needs JAX's 64-bit mode on)."""
     if rngs is None:
         rngs = nnx.Rngs(params=seed, dropout=seed + 1)
-    return DenseNet(spec, rngs=rngs)
+    return DenseNet(spec, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
-def _preset(name: str, rngs: nnx.Rngs | None, seed: int, changes: dict[str, Any]) -> DenseNet:
-    return from_spec(get_spec(name, **changes), rngs=rngs, seed=seed)
+def _preset(name: str, rngs: nnx.Rngs | None, seed: int, dtype: Dtype | None,
+            param_dtype: Dtype, changes: dict[str, Any]) -> DenseNet:
+    return from_spec(get_spec(name, **changes), rngs=rngs, seed=seed, dtype=dtype,
+                     param_dtype=param_dtype)
 
 
-def densenet121(*, rngs: nnx.Rngs | None = None, seed: int = 0, **changes: Any) -> DenseNet:
-    """DenseNet-121 (k=32, blocks 6-12-24-16); ``changes`` are spec fields."""
-    return _preset("densenet121", rngs, seed, changes)
+def densenet121(*, rngs: nnx.Rngs | None = None, seed: int = 0, dtype: Dtype | None = None,
+                param_dtype: Dtype = jnp.float32, **changes: Any) -> DenseNet:
+    """DenseNet-121 (k=32, blocks 6-12-24-16); ``changes`` are spec fields, ``dtype`` and
+    ``param_dtype`` as in :func:`from_spec`."""
+    return _preset("densenet121", rngs, seed, dtype, param_dtype, changes)
 
 
-def densenet161(*, rngs: nnx.Rngs | None = None, seed: int = 0, **changes: Any) -> DenseNet:
+def densenet161(*, rngs: nnx.Rngs | None = None, seed: int = 0, dtype: Dtype | None = None,
+                param_dtype: Dtype = jnp.float32, **changes: Any) -> DenseNet:
     """DenseNet-161 (k=48, blocks 6-12-36-24, 96 stem channels)."""
-    return _preset("densenet161", rngs, seed, changes)
+    return _preset("densenet161", rngs, seed, dtype, param_dtype, changes)
 
 
-def densenet169(*, rngs: nnx.Rngs | None = None, seed: int = 0, **changes: Any) -> DenseNet:
+def densenet169(*, rngs: nnx.Rngs | None = None, seed: int = 0, dtype: Dtype | None = None,
+                param_dtype: Dtype = jnp.float32, **changes: Any) -> DenseNet:
     """DenseNet-169 (k=32, blocks 6-12-32-32)."""
-    return _preset("densenet169", rngs, seed, changes)
+    return _preset("densenet169", rngs, seed, dtype, param_dtype, changes)
 
 
-def densenet201(*, rngs: nnx.Rngs | None = None, seed: int = 0, **changes: Any) -> DenseNet:
+def densenet201(*, rngs: nnx.Rngs | None = None, seed: int = 0, dtype: Dtype | None = None,
+                param_dtype: Dtype = jnp.float32, **changes: Any) -> DenseNet:
     """DenseNet-201 (k=32, blocks 6-12-48-32)."""
-    return _preset("densenet201", rngs, seed, changes)
+    return _preset("densenet201", rngs, seed, dtype, param_dtype, changes)

@@ -13,6 +13,12 @@ The network's input channels and classes follow the data. Batches have one
 fixed shape, so each step function compiles once: the training loop drops
 the last incomplete batch of each (reshuffled) epoch, and evaluation pads the
 last batch and ignores the padding.
+
+:func:`fit`, :func:`train_one_epoch` and :func:`evaluate` also train a float64
+model (``build(spec, dtype="float64")``): they run it under
+``jax.enable_x64(True)`` as the contract functions do. The jitted
+:func:`train_step` / :func:`eval_step` called directly on a float64 model need
+JAX's 64-bit mode on (``JAX_ENABLE_X64=1``).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from flax import nnx
 from ..data import Dataset, EpochResult, add_training_arguments, dataset_from_args, iterate_minibatches
 from ..layouts import nchw_to_nhwc
 from ..spec import get_spec
+from .convert import in_model_dtype
 from .densenet import DenseNet
 from .runtime import build, cross_entropy, make_optimizer, resolve_device
 
@@ -59,6 +66,7 @@ def _nhwc(x: np.ndarray, device: jax.Device) -> jax.Array:
     return jax.device_put(nchw_to_nhwc(x), device)
 
 
+@in_model_dtype
 def train_one_epoch(model: DenseNet, optimizer: nnx.Optimizer, data: Dataset, batch_size: int,
                     *, seed: int, epoch: int, device: jax.Device, progress=None,
                     task=None) -> tuple[float, float]:
@@ -79,6 +87,7 @@ def train_one_epoch(model: DenseNet, optimizer: nnx.Optimizer, data: Dataset, ba
     return total_loss / seen, correct / seen
 
 
+@in_model_dtype
 def evaluate(model: DenseNet, x_all: np.ndarray, y_all: np.ndarray, batch_size: int = 256,
              *, device: jax.Device | None = None) -> float:
     """Accuracy in eval mode (running BatchNorm statistics)."""
@@ -95,6 +104,7 @@ def evaluate(model: DenseNet, x_all: np.ndarray, y_all: np.ndarray, batch_size: 
     return correct / len(x_all)
 
 
+@in_model_dtype
 def fit(model: DenseNet, data: Dataset, *, epochs: int, batch_size: int = 64, lr: float = 0.1,
         momentum: float = 0.9, seed: int = 0, device: jax.Device | None = None,
         show_progress: bool = True, log=print) -> list[EpochResult]:
