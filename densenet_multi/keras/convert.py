@@ -132,9 +132,19 @@ def _assign_all(variables: Mapping[str, keras.Variable], params: Mapping[str, np
         var.assign(values[name])
 
 
+def canonical_dtype(dtype: Any) -> np.dtype:
+    """The canonical checkpoint dtype of a variable dtype: float64 stays float64,
+    anything else (float32, a float16/bfloat16 model's) is exported as float32."""
+    return np.dtype(np.float64 if keras.backend.standardize_dtype(dtype) == "float64"
+                    else np.float32)
+
+
 def _read_all(variables: Mapping[str, keras.Variable], kinds: Mapping[str, str]
               ) -> dict[str, np.ndarray]:
-    return {name: _from_keras(kinds[name], to_numpy(var)).astype(np.float32)
+    # A numpy copy of each variable in its own dtype (float64 for a float64 model):
+    # bit-exact, no rounding through float32.
+    return {name: _from_keras(kinds[name], to_numpy(var)).astype(canonical_dtype(var.dtype),
+                                                                  copy=False)
             for name, var in variables.items()}
 
 
@@ -143,14 +153,18 @@ def load_canonical(model: DenseNet, params: Mapping[str, np.ndarray]) -> None:
 
     Every key, shape and dtype is validated first
     (:func:`densenet_multi.params.validate_params`, float32 or float64); nothing is
-    copied when anything is wrong.
+    copied when anything is wrong. Values are cast to the model's dtype (float32
+    parameters into a float64 model exactly, float64 into a float32 one rounded).
     """
     validate_params(model.spec, params, dtype=None)
     _assign_all(canonical_variables(model), params, _kinds(model.spec))
 
 
 def export_canonical(model: DenseNet) -> dict[str, np.ndarray]:
-    """The model's parameters and running statistics as canonical float32 numpy arrays."""
+    """The model's parameters and running statistics as canonical numpy arrays, in
+    ``param_table`` order and in the model's dtype (float64 for a float64 model, float32
+    for a float32 one): ``export_canonical`` after ``load_canonical(params)`` returns
+    ``params`` bit for bit when they are of the model's dtype."""
     return _read_all(canonical_variables(model), _kinds(model.spec))
 
 
@@ -221,7 +235,7 @@ def keras_applications_to_canonical(app: keras.Model, spec: DenseNetSpec) -> dic
     result is validated against it.
     """
     params = _read_all(_applications_variables(app, spec), _kinds(spec))
-    validate_params(spec, params, what=f"the weights of {app.name}")
+    validate_params(spec, params, dtype=None, what=f"the weights of {app.name}")
     return params
 
 

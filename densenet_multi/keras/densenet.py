@@ -1,10 +1,10 @@
 """DenseNet (Huang et al., CVPR 2017) as Keras 3 layers and a ``keras.Model``.
 
 Written against the backend-agnostic ``keras`` API only (``keras.layers``,
-``keras.ops``; no ``tf.`` or ``jax.`` call), channels-last (NHWC activations,
-HWIO kernels), so the same code runs under ``KERAS_BACKEND=tensorflow`` and
-``KERAS_BACKEND=jax``. The parts are the paper's, in the same order as in the
-other backends of densenet_multi:
+``keras.ops``; no ``tf.`` or ``jax.`` call in the computation), channels-last
+(NHWC activations, HWIO kernels), so the same code runs under
+``KERAS_BACKEND=tensorflow`` and ``KERAS_BACKEND=jax``. The parts are the
+paper's, in the same order as in the other backends of densenet_multi:
 
 * :class:`ConvBlock` -- BN -> ReLU -> conv, the pre-activation unit;
 * :class:`DenseLayer` -- H_l: optional 1x1 bottleneck block, then the 3x3 block
@@ -18,6 +18,18 @@ Every width comes from ``spec.channel_plan`` and every kernel/stride/padding fro
 the spec's :class:`~densenet_multi.spec.ConvGeometry`. Every layer has a
 ``get_config`` and is registered with ``keras.saving``, so ``model.save("m.keras")``
 and ``keras.models.load_model("m.keras")`` round-trip.
+
+**dtype.** Every part takes Keras's ``dtype`` argument (a dtype name such as
+``"float64"`` or a ``keras.DTypePolicy``; default: the global policy,
+``keras.config.dtype_policy()``, i.e. float32) and passes its own
+``dtype_policy`` down to every sublayer (BatchNormalization, Conv2D, Dense, the
+paddings and pools), so ``DenseNet(spec, dtype="float64")`` holds every weight
+and BN moving statistic in float64 and computes in float64 without touching the
+global policy; the policy is in ``get_config``, so a ``.keras`` file keeps it.
+Under ``KERAS_BACKEND=jax`` float64 is refused (RuntimeError, see
+:func:`check_float64_support`): without JAX's 64-bit mode (``JAX_ENABLE_X64=1``)
+JAX truncates every float64 array to float32, and even with it Keras 3.15's type
+promotion under JAX computes BatchNormalization and ``ops.mean`` in float32.
 
 Conventions that differ from Keras's defaults, each set explicitly here:
 
@@ -39,7 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import keras
 from keras import layers, ops
@@ -57,9 +69,14 @@ __all__ = [
     "densenet169",
     "densenet201",
     "from_spec",
+    "check_float64_support",
 ]
 
 _PACKAGE = "densenet_multi"
+
+#: What Keras's ``dtype`` argument takes: a dtype name, a ``keras.DTypePolicy``, its
+#: serialised dict (from ``get_config``), or None for the global policy.
+DTypeLike: TypeAlias = str | keras.DTypePolicy | Mapping[str, Any] | None
 
 
 def _geometry(g: ConvGeometry | Mapping[str, int]) -> ConvGeometry:
@@ -73,15 +90,58 @@ def _kaiming_normal() -> keras.initializers.Initializer:
     return keras.initializers.VarianceScaling(2.0, mode="fan_in", distribution="untruncated_normal")
 
 
-def _batch_norm(epsilon: float, momentum: float, name: str) -> layers.BatchNormalization:
+def _batch_norm(epsilon: float, momentum: float, name: str, dtype: DTypeLike
+                ) -> layers.BatchNormalization:
     # epsilon is always passed: Keras's default of 1e-3 would silently change
     # every output by about 1e-3 relative compared with PyTorch's 1e-5.
-    return layers.BatchNormalization(axis=-1, epsilon=epsilon, momentum=momentum, name=name)
+    return layers.BatchNormalization(axis=-1, epsilon=epsilon, momentum=momentum, name=name,
+                                     dtype=dtype)
 
 
-def _zero_pad(g: ConvGeometry, name: str) -> layers.ZeroPadding2D | None:
+def _zero_pad(g: ConvGeometry, name: str, dtype: DTypeLike) -> layers.ZeroPadding2D | None:
     # Explicit symmetric padding instead of padding="same": see the module docstring.
-    return layers.ZeroPadding2D(padding=g.pads, name=name) if g.padding else None
+    return layers.ZeroPadding2D(padding=g.pads, name=name, dtype=dtype) if g.padding else None
+
+
+def check_float64_support() -> None:
+    """Raise RuntimeError, saying why and what to do, where this Keras backend would not
+    compute a float64 model in float64; return quietly where it would (TensorFlow).
+
+    Two things stand in the way under ``KERAS_BACKEND=jax``, both silent:
+
+    * without its 64-bit mode (``JAX_ENABLE_X64=1``) JAX truncates every float64
+      array it creates to float32, with a warning: the variables would claim
+      float64 and hold float32;
+    * even with it, Keras's type promotion under JAX maps float64 to float32
+      (``keras.backend.result_type("float64", "float32") == "float32"``, "to be
+      aligned with JAX's default behavior"; Keras 3.15), and
+      ``BatchNormalization`` and ``ops.mean`` (global average pooling, the loss)
+      compute in ``result_type(x.dtype, "float32")``: measured on a small
+      DenseNet-BC, the stages are then up to 7e-7 and the gradients 3e-6 away
+      from the float64 reference, instead of 1e-15.
+
+    The second is checked through ``keras.backend.result_type`` itself, so a Keras
+    that promotes float64 to float64 under JAX passes.
+    """
+    reasons = []
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            reasons.append("JAX's 64-bit mode is off (jax_enable_x64 is False), so JAX would "
+                           "create every float64 array as float32: set JAX_ENABLE_X64=1 in the "
+                           "environment (or jax.config.update('jax_enable_x64', True))")
+    if keras.backend.result_type("float64", "float32") != "float64":
+        reasons.append(
+            f"Keras {keras.__version__} promotes float64 to float32 under "
+            f"KERAS_BACKEND={keras.backend.backend()} (keras.backend.result_type('float64', "
+            "'float32') is float32), so BatchNormalization and ops.mean would compute in "
+            "float32 even with 64-bit mode on")
+    if reasons:
+        raise RuntimeError(
+            f"a float64 DenseNet would silently compute in float32 under "
+            f"KERAS_BACKEND={keras.backend.backend()}: " + "; and ".join(reasons)
+            + ". Use KERAS_BACKEND=tensorflow for float64 models.")
 
 
 def _channels_last(shape: Sequence[int | None], channels: int) -> tuple[int | None, ...]:
@@ -99,6 +159,8 @@ class ConvBlock(layers.Layer):
         use_bias: whether the convolution has a bias (the d2l net's do, torchvision's don't).
         epsilon: BatchNorm epsilon.
         momentum: BatchNorm momentum in *Keras's* convention (weight of the old value).
+        dtype: Keras's dtype argument (name or ``DTypePolicy``; default the global policy),
+            passed to the BN and the conv.
     """
 
     def __init__(
@@ -117,13 +179,13 @@ class ConvBlock(layers.Layer):
         self.use_bias = bool(use_bias)
         self.epsilon = float(epsilon)
         self.momentum = float(momentum)
-        g = self.geometry
-        self.norm = _batch_norm(self.epsilon, self.momentum, name="norm")
-        self.relu = layers.ReLU(name="relu")
-        self.pad = _zero_pad(g, name="pad")
+        g, dtype = self.geometry, self.dtype_policy
+        self.norm = _batch_norm(self.epsilon, self.momentum, name="norm", dtype=dtype)
+        self.relu = layers.ReLU(name="relu", dtype=dtype)
+        self.pad = _zero_pad(g, name="pad", dtype=dtype)
         self.conv = layers.Conv2D(
             self.filters, g.kernel, strides=g.stride, padding="valid", use_bias=self.use_bias,
-            kernel_initializer=_kaiming_normal(), name="conv",
+            kernel_initializer=_kaiming_normal(), name="conv", dtype=dtype,
         )
 
     def build(self, input_shape: Sequence[int | None]) -> None:
@@ -211,6 +273,7 @@ class DenseLayer(layers.Layer):
         bottleneck_geometry, growth_geometry: the 1x1 and 3x3 geometries of the spec.
         drop_rate: dropout on the new maps (0 = none).
         memory_efficient: recompute concat + first BN-ReLU-conv in the backward pass.
+        dtype: Keras's dtype argument, passed to both units and the dropout.
     """
 
     def __init__(
@@ -241,7 +304,8 @@ class DenseLayer(layers.Layer):
         self.epsilon = float(epsilon)
         self.momentum = float(momentum)
         self.seed = seed
-        unit = {"use_bias": self.use_bias, "epsilon": self.epsilon, "momentum": self.momentum}
+        unit = {"use_bias": self.use_bias, "epsilon": self.epsilon, "momentum": self.momentum,
+                "dtype": self.dtype_policy}
         # Canonical names: a bottleneck layer's units are norm1/conv1 and norm2/conv2,
         # a plain layer's single unit is norm/conv (see densenet_multi.params).
         self.bottleneck = (
@@ -251,7 +315,8 @@ class DenseLayer(layers.Layer):
         )
         self.growth = ConvBlock(self.growth_rate, self.growth_geometry, name="growth", **unit)
         self.dropout = (
-            layers.Dropout(self.drop_rate, seed=seed, name="dropout") if self.drop_rate > 0 else None
+            layers.Dropout(self.drop_rate, seed=seed, name="dropout", dtype=self.dtype_policy)
+            if self.drop_rate > 0 else None
         )
 
     @property
@@ -309,6 +374,7 @@ class DenseBlock(layers.Layer):
     Args:
         layer_in_channels: the input width of every layer, from ``BlockPlan.layer_in_channels``.
         growth_rate, bottleneck_channels, ...: passed to each :class:`DenseLayer`.
+        dtype: Keras's dtype argument, passed to each :class:`DenseLayer`.
     """
 
     def __init__(
@@ -342,8 +408,8 @@ class DenseBlock(layers.Layer):
         }
         self.seed = seed
         self.dense_layers = [
-            DenseLayer(cin, name=f"denselayer{l + 1}",
-                       seed=None if seed is None else seed + l, **self.layer_kwargs)
+            DenseLayer(cin, name=f"denselayer{l + 1}", seed=None if seed is None else seed + l,
+                       dtype=self.dtype_policy, **self.layer_kwargs)
             for l, cin in enumerate(self.layer_in_channels)
         ]
 
@@ -372,7 +438,10 @@ class DenseBlock(layers.Layer):
 # ---------------------------------------------------------------------- transition
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Transition(layers.Layer):
-    """BN -> ReLU -> 1x1 conv (compression to ``out_channels``) -> 2x2/2 average pool."""
+    """BN -> ReLU -> 1x1 conv (compression to ``out_channels``) -> 2x2/2 average pool.
+
+    ``dtype`` (Keras's argument) is passed to the conv block and the pool.
+    """
 
     def __init__(
         self,
@@ -393,12 +462,13 @@ class Transition(layers.Layer):
         self.epsilon = float(epsilon)
         self.momentum = float(momentum)
         self.block = ConvBlock(self.out_channels, self.conv_geometry, use_bias=self.use_bias,
-                               epsilon=self.epsilon, momentum=self.momentum, name="block")
+                               epsilon=self.epsilon, momentum=self.momentum, name="block",
+                               dtype=self.dtype_policy)
         p = self.pool_geometry
         if p.padding:
             raise ValueError(f"a transition's average pool has no padding, got {p}")
         self.pool = layers.AveragePooling2D(pool_size=p.kernel, strides=p.stride, padding="valid",
-                                            name="pool")
+                                            name="pool", dtype=self.dtype_policy)
 
     def build(self, input_shape: Sequence[int | None]) -> None:
         self.block.build(input_shape)
@@ -435,39 +505,50 @@ class DenseNet(keras.Model):
     Layer attributes follow the canonical (torchvision) parts: ``conv0``,
     ``norm0``, ``pool0`` (stem), ``blocks[b]`` (``denseblock{b+1}``),
     ``transitions[t]``, ``norm5``, ``classifier``.
+
+    ``dtype`` is Keras's layer argument: a dtype name (``"float64"``) or a
+    ``keras.DTypePolicy``; None (the default) takes the global policy, as every
+    Keras layer does. It is passed down to every sublayer, so the weights, the BN
+    moving statistics and the computation are all in it, and saved with the
+    model. A float64 model raises RuntimeError where the Keras backend would compute
+    it in float32 (under ``KERAS_BACKEND=jax``: :func:`check_float64_support`).
     """
 
     def __init__(self, spec: DenseNetSpec | Mapping[str, Any] | str = "densenet121",
-                 *, seed: int | None = None, **kwargs: Any) -> None:
+                 *, seed: int | None = None, dtype: DTypeLike = None, **kwargs: Any) -> None:
         if isinstance(spec, str):
             spec = get_spec(spec)
         elif isinstance(spec, Mapping):
             spec = DenseNetSpec.from_dict(spec)
         kwargs.setdefault("name", spec.name)
-        super().__init__(**kwargs)
+        super().__init__(dtype=dtype, **kwargs)
+        if "float64" in (self.variable_dtype, self.compute_dtype):
+            check_float64_support()
         self.spec = spec
         self.seed = seed
         plan = spec.channel_plan
         eps = spec.bn_eps
         # PyTorch's momentum (the spec's, 0.1) weighs the new batch statistic; Keras's weighs the old value.
         momentum = 1.0 - spec.bn_momentum
-        unit = {"use_bias": spec.conv_bias, "epsilon": eps, "momentum": momentum}
+        dtype = self.dtype_policy  # every sublayer computes and keeps its weights in it
+        unit = {"use_bias": spec.conv_bias, "epsilon": eps, "momentum": momentum, "dtype": dtype}
 
         # Stem: conv0 [-> norm0 -> ReLU -> max-pool] (the CIFAR stem is conv0 alone).
         sc = spec.stem_conv
-        self.pad0 = _zero_pad(sc, name="pad0")
+        self.pad0 = _zero_pad(sc, name="pad0", dtype=dtype)
         self.conv0 = layers.Conv2D(plan.stem_channels, sc.kernel, strides=sc.stride,
                                    padding="valid", use_bias=spec.conv_bias,
-                                   kernel_initializer=_kaiming_normal(), name="conv0")
-        self.norm0 = _batch_norm(eps, momentum, name="norm0") if spec.stem_has_norm else None
-        self.relu0 = layers.ReLU(name="relu0") if spec.stem_has_norm else None
+                                   kernel_initializer=_kaiming_normal(), name="conv0", dtype=dtype)
+        self.norm0 = (_batch_norm(eps, momentum, name="norm0", dtype=dtype)
+                      if spec.stem_has_norm else None)
+        self.relu0 = layers.ReLU(name="relu0", dtype=dtype) if spec.stem_has_norm else None
         sp = spec.stem_pool
         # Zero padding before the max-pool equals PyTorch's -inf padding only because
         # the pool's input comes out of a ReLU and is >= 0: a zero never beats the
         # window's real maximum. (keras.applications pads with zeros here too.)
-        self.pool0_pad = _zero_pad(sp, name="pool0_pad") if sp is not None else None
+        self.pool0_pad = _zero_pad(sp, name="pool0_pad", dtype=dtype) if sp is not None else None
         self.pool0 = (layers.MaxPooling2D(pool_size=sp.kernel, strides=sp.stride, padding="valid",
-                                          name="pool0") if sp is not None else None)
+                                          name="pool0", dtype=dtype) if sp is not None else None)
 
         self.blocks: list[DenseBlock] = []
         self.transitions: list[Transition] = []
@@ -487,10 +568,10 @@ class DenseNet(keras.Model):
                 ))
         # The final BN-ReLU belongs to the features (torchvision applies that ReLU in
         # forward(), after features.norm5); pooling is global, never a fixed 7x7.
-        self.norm5 = _batch_norm(eps, momentum, name="norm5")
-        self.relu5 = layers.ReLU(name="relu5")
-        self.pool = layers.GlobalAveragePooling2D(name="pool")
-        self.classifier = layers.Dense(spec.num_classes, name="classifier")
+        self.norm5 = _batch_norm(eps, momentum, name="norm5", dtype=dtype)
+        self.relu5 = layers.ReLU(name="relu5", dtype=dtype)
+        self.pool = layers.GlobalAveragePooling2D(name="pool", dtype=dtype)
+        self.classifier = layers.Dense(spec.num_classes, name="classifier", dtype=dtype)
 
     # -- building -----------------------------------------------------------------
     def build(self, input_shape: Sequence[int | None] | None = None) -> None:
@@ -565,7 +646,7 @@ class DenseNet(keras.Model):
     # -- serialisation ------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "trainable": self.trainable, "spec": self.spec.to_dict(),
-                "seed": self.seed}
+                "seed": self.seed, "dtype": keras.dtype_policies.serialize(self.dtype_policy)}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> DenseNet:
@@ -576,28 +657,30 @@ class DenseNet(keras.Model):
 
 # ---------------------------------------------------------------------- constructors
 def from_spec(spec: DenseNetSpec, *, input_shape: Sequence[int | None] | None = None,
-              seed: int | None = None, **kwargs: Any) -> DenseNet:
-    """A built :class:`DenseNet` for ``spec`` (every weight created, Keras initialisation)."""
-    model = DenseNet(spec, seed=seed, **kwargs)
+              seed: int | None = None, dtype: DTypeLike = None, **kwargs: Any) -> DenseNet:
+    """A built :class:`DenseNet` for ``spec`` (every weight created, Keras initialisation),
+    in ``dtype`` (default: Keras's global dtype policy)."""
+    model = DenseNet(spec, seed=seed, dtype=dtype, **kwargs)
     model.build(input_shape)
     return model
 
 
-def densenet121(**changes: Any) -> DenseNet:
-    """DenseNet-121 (k=32, blocks 6-12-24-16); ``changes`` override spec fields."""
-    return from_spec(get_spec("densenet121", **changes))
+def densenet121(*, dtype: DTypeLike = None, **changes: Any) -> DenseNet:
+    """DenseNet-121 (k=32, blocks 6-12-24-16); ``changes`` override spec fields, ``dtype`` is
+    Keras's (default: the global policy)."""
+    return from_spec(get_spec("densenet121", **changes), dtype=dtype)
 
 
-def densenet161(**changes: Any) -> DenseNet:
+def densenet161(*, dtype: DTypeLike = None, **changes: Any) -> DenseNet:
     """DenseNet-161 (k=48, blocks 6-12-36-24, 96 stem channels)."""
-    return from_spec(get_spec("densenet161", **changes))
+    return from_spec(get_spec("densenet161", **changes), dtype=dtype)
 
 
-def densenet169(**changes: Any) -> DenseNet:
+def densenet169(*, dtype: DTypeLike = None, **changes: Any) -> DenseNet:
     """DenseNet-169 (k=32, blocks 6-12-32-32)."""
-    return from_spec(get_spec("densenet169", **changes))
+    return from_spec(get_spec("densenet169", **changes), dtype=dtype)
 
 
-def densenet201(**changes: Any) -> DenseNet:
+def densenet201(*, dtype: DTypeLike = None, **changes: Any) -> DenseNet:
     """DenseNet-201 (k=32, blocks 6-12-48-32)."""
-    return from_spec(get_spec("densenet201", **changes))
+    return from_spec(get_spec("densenet201", **changes), dtype=dtype)

@@ -6,6 +6,11 @@ backend-agnostic Keras; the only backend-specific code of this subpackage is
 here, in :func:`_loss_and_grads` and :func:`devices`: ``tf.GradientTape`` under
 ``KERAS_BACKEND=tensorflow``, ``jax.value_and_grad`` over ``stateless_call``
 under ``KERAS_BACKEND=jax``.
+
+Every function works in the model's dtype (``build(spec, dtype="float64")``
+gives a model whose Keras dtype policy is float64): inputs are cast to it, and
+stages, running statistics and gradients come back in it; losses are Python
+floats.
 """
 
 from __future__ import annotations
@@ -19,44 +24,67 @@ import numpy as np
 from keras import ops
 
 from .. import layouts
-from ..backend import GradOutput
+from ..backend import GradOutput, check_model_dtype
 from ..params import module_table, running_stat_names
 from ..reference import ForwardOutput
 from ..spec import DenseNetSpec, check_input_dtype, check_input_shape
-from .convert import canonical_variables, to_numpy
-from .densenet import DenseNet, from_spec
+from .convert import canonical_dtype, canonical_variables, to_numpy
+from .densenet import DenseNet, check_float64_support, from_spec
 
 __all__ = ["build", "run", "gradients", "train_steps", "devices", "to_canonical_running_var",
            "loss_fn"]
 
 
-def build(spec: DenseNetSpec, *, device: str | None = None, seed: int = 0) -> DenseNet:
+def build(spec: DenseNetSpec, *, device: str | None = None, seed: int = 0,
+          dtype: str | None = None) -> DenseNet:
     """A built :class:`DenseNet` for ``spec`` with Keras's initialisation, seeded.
 
-    ``seed`` seeds Keras globally (``keras.utils.set_random_seed``: Python, NumPy
-    and the backend), as Keras's initialisers draw from the global seed.
+    ``dtype`` ("float32" or "float64", checked by
+    :func:`densenet_multi.backend.check_model_dtype`) is the model's Keras dtype
+    policy: its variables (BN moving statistics included) and its computation.
+    None (the default) is Keras's global policy, float32 unless
+    ``keras.config.set_dtype_policy`` changed it; the global policy itself is never
+    changed. Where Keras's backend would compute a float64 model in float32
+    (``KERAS_BACKEND=jax``: without ``JAX_ENABLE_X64=1``, and with it while Keras
+    promotes float64 to float32 there), float64 raises RuntimeError saying so
+    (:func:`~densenet_multi.keras.densenet.check_float64_support`). ``seed``
+    seeds Keras globally (``keras.utils.set_random_seed``: Python, NumPy and the
+    backend), as Keras's initialisers draw from the global seed.
     """
+    name = check_model_dtype(keras.config.dtype_policy().name if dtype is None else dtype)
+    if name == "float64":
+        check_float64_support()  # before seeding: a refused build changes nothing
     keras.utils.set_random_seed(seed)
     if device is None:
-        return from_spec(spec, seed=seed)
+        return from_spec(spec, seed=seed, dtype=name)
     with keras.device(device):
-        return from_spec(spec, seed=seed)
+        return from_spec(spec, seed=seed, dtype=name)
+
+
+def _dtype(model: DenseNet) -> np.dtype:
+    """The model's dtype as a numpy dtype: what inputs are cast to and outputs come back in."""
+    return canonical_dtype(model.compute_dtype)
 
 
 def _nhwc_batch(model: DenseNet, x: Any) -> np.ndarray:
-    """Validate a canonical NCHW batch and return it as float32 NHWC."""
+    """Validate a canonical NCHW batch and return it as NHWC in the model's dtype."""
     x = np.asarray(x)
     check_input_dtype(x.dtype)
     check_input_shape(model.spec, x.shape, "NCHW")
-    return layouts.nchw_to_nhwc(x.astype(np.float32, copy=False))
+    return layouts.nchw_to_nhwc(x.astype(_dtype(model), copy=False))
 
 
-def _canonical_stages(spec: DenseNetSpec, stages: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """NHWC stage tensors -> NCHW numpy, in ``spec.stage_names`` order (jax.jit returns
-    dicts with sorted keys)."""
+def _numpy(value: Any, dtype: np.dtype) -> np.ndarray:
+    return to_numpy(value).astype(dtype, copy=False)
+
+
+def _canonical_stages(spec: DenseNetSpec, stages: Mapping[str, Any], dtype: np.dtype
+                      ) -> dict[str, np.ndarray]:
+    """NHWC stage tensors -> NCHW numpy in ``dtype``, in ``spec.stage_names`` order
+    (jax.jit returns dicts with sorted keys)."""
     out = {}
     for name in spec.stage_names:
-        a = np.asarray(to_numpy(stages[name]), dtype=np.float32)
+        a = _numpy(stages[name], dtype)
         out[name] = layouts.nhwc_to_nchw(a) if a.ndim == 4 else a
     return out
 
@@ -96,13 +124,15 @@ def to_canonical_running_var(keras_var: np.ndarray, old_var: np.ndarray, count: 
     differ by ``m * var_b / (count - 1)``, and ``m * var_b = new - (1 - m) * old``
     is recovered from the old and new running values, so
     ``canonical = new + (new - (1 - m) * old) / (count - 1)`` (in float64: the
-    correction is small and is added without cancellation).
+    correction is small and is added without cancellation), returned in the
+    dtype of ``keras_var``.
     """
+    dtype = np.asarray(keras_var).dtype
     new = np.asarray(keras_var, np.float64)
     if count <= 1:  # a single value has zero variance either way
-        return new.astype(np.float32)
+        return new.astype(dtype)
     m_var_b = new - (1.0 - bn_momentum) * np.asarray(old_var, np.float64)
-    return (new + m_var_b / (count - 1)).astype(np.float32)
+    return (new + m_var_b / (count - 1)).astype(dtype)
 
 
 def _running_to_canonical(spec: DenseNetSpec, old: Mapping[str, np.ndarray],
@@ -114,7 +144,7 @@ def _running_to_canonical(spec: DenseNetSpec, old: Mapping[str, np.ndarray],
     for ref in module_table(spec):
         for p in ref.params:
             if p.kind == "bn_running_mean":
-                out[p.name] = np.asarray(new[p.name], np.float32)  # same rule in both
+                out[p.name] = np.asarray(new[p.name])  # same rule in both
             elif p.kind == "bn_running_var":
                 out[p.name] = to_canonical_running_var(new[p.name], old[p.name],
                                                        counts[ref.prefix], spec.bn_momentum)
@@ -188,7 +218,8 @@ def run(model: DenseNet, x: Any, *, train: bool = False) -> ForwardOutput:
     running variance with the biased batch variance, converted by
     :func:`to_canonical_running_var`. The Keras-native values are in
     ``extras["keras_running"]``. The model itself is not changed (the pass is
-    stateless), so ``run`` is a pure query.
+    stateless), so ``run`` is a pure query. The input is cast to the model's
+    dtype; every output is in it.
     """
     xn = _nhwc_batch(model, x)
     trainable, non_trainable = _values(model.trainable_variables), \
@@ -198,7 +229,8 @@ def run(model: DenseNet, x: Any, *, train: bool = False) -> ForwardOutput:
             trainable, non_trainable, xn)
     else:
         stages, new_nt = _stateless_stages(model, trainable, non_trainable, xn, train)
-    stages = _canonical_stages(model.spec, stages)
+    dtype = _dtype(model)
+    stages = _canonical_stages(model.spec, stages, dtype)
     if not train:
         return ForwardOutput(logits=stages["logits"], stages=stages)
     spec = model.spec
@@ -206,8 +238,7 @@ def run(model: DenseNet, x: Any, *, train: bool = False) -> ForwardOutput:
     variables = canonical_variables(model)
     position = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
     old = _read(variables, names)
-    native = {k: np.asarray(to_numpy(new_nt[position[id(variables[k])]]))
-              for k in names}
+    native = {k: _numpy(new_nt[position[id(variables[k])]], dtype) for k in names}
     running = _running_to_canonical(spec, old, native, xn.shape)
     return ForwardOutput(logits=stages["logits"], stages=stages, running=running,
                          extras={"keras_running": native})
@@ -258,19 +289,22 @@ def _labels(labels: Any, n: int) -> np.ndarray:
 def gradients(model: DenseNet, x: Any, labels: Any) -> GradOutput:
     """Loss and its gradient for every trainable canonical parameter and the input.
 
-    Train mode (batch statistics); the model's running statistics are left unchanged.
+    Train mode (batch statistics), in the model's dtype: the input is cast to it and
+    every gradient comes back in it; the loss is a Python float. The model's running
+    statistics are left unchanged.
     """
     xn = _nhwc_batch(model, x)
     y = _labels(labels, xn.shape[0])
     loss, grads, dx, _ = _loss_and_grads(model, xn, y)
     by_id = {id(v): g for v, g in zip(model.trainable_variables, grads, strict=True)}
     kinds = {p.name: p.kind for ref in module_table(model.spec) for p in ref.params}
+    dtype = _dtype(model)
     params = {}
     for name, var in canonical_variables(model).items():
         if var.trainable:
-            g = np.asarray(to_numpy(by_id[id(var)]), np.float32)
+            g = _numpy(by_id[id(var)], dtype)
             params[name] = layouts.param_from_channels_last(kinds[name], g)
-    dx = layouts.nhwc_to_nchw(np.asarray(to_numpy(dx), np.float32))
+    dx = layouts.nhwc_to_nchw(_numpy(dx, dtype))
     return GradOutput(loss=loss, params=params, input=dx)
 
 
@@ -283,9 +317,18 @@ def train_steps(model: DenseNet, batches: Iterable[tuple[Any, Any]], *, lr: floa
     ``v = -lr * v_torch`` that is PyTorch's ``v = mu * v + g; p -= lr * v`` for a
     constant learning rate. The BN running statistics follow the canonical
     (PyTorch) update, so that ``export_canonical`` after K steps equals what the
-    other backends hold.
+    other backends hold. Everything is computed in the model's dtype.
+
+    ``lr`` and ``momentum`` reach Keras as numpy float64 scalars, the learning
+    rate through a callable: a float learning rate would be kept in a
+    ``floatx()`` (float32) variable, and ``ops.cast`` of a Python float goes
+    through float32 under TensorFlow, so a float64 model would step with ``lr``
+    and ``momentum`` rounded to float32 (0.05 -> 0.0500000007), a relative error
+    of 1.5e-8 in every update. A float64 scalar is cast exactly to float64, and
+    rounded once to float32 for a float32 model, which steps as before.
     """
-    optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
+    lr64, mu64 = np.float64(lr), np.float64(momentum)
+    optimizer = keras.optimizers.SGD(learning_rate=lambda: lr64, momentum=mu64)
     optimizer.build(model.trainable_variables)
     step = _jax_train_step(model, optimizer) if keras.backend.backend() == "jax" else None
     spec = model.spec

@@ -3,6 +3,8 @@
 tox runs this folder twice: under ``KERAS_BACKEND=tensorflow`` (env
 ``tensorflow``, everything) and under ``KERAS_BACKEND=jax`` (env ``keras-jax``,
 ``-m "not zoo"``): the same model code must pass the reference tests on both.
+float64 models are TensorFlow's here: under JAX, ``build(dtype="float64")`` is
+refused (see ``test_keras_float64.py``).
 """
 
 from __future__ import annotations
@@ -18,20 +20,14 @@ if os.environ.get("KERAS_BACKEND") == "jax":
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
-BACKEND = keras.backend.backend()
 
-
-@pytest.fixture
-def float64_policy():
-    """Run a test with Keras's float64 dtype policy (TensorFlow only: JAX is float32 here)."""
-    if BACKEND != "tensorflow":
-        pytest.skip("float64 needs KERAS_BACKEND=tensorflow (JAX runs without x64)")
-    old = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float64")
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(old)
+@pytest.fixture(autouse=True)
+def _global_dtype_policy_is_left_alone():
+    """float64 models come from ``build(spec, dtype="float64")``, never from the global
+    policy: every test must leave Keras's global dtype policy as it found it."""
+    before = keras.config.dtype_policy().name
+    yield
+    assert keras.config.dtype_policy().name == before, "a test changed the global dtype policy"
 
 
 def pytest_configure(config):

@@ -97,11 +97,11 @@ def _grads_by_path(model, x, y):
                   zip(model.trainable_variables, grads, strict=True)}, _np(dx), [_np(a) for a in after]
 
 
-def _remat_pair(spec, x, y):
-    params = init_params(spec, 4, nontrivial_bn=True)
+def _remat_pair(spec, x, y, dtype="float32"):
+    params = init_params(spec, 4, nontrivial_bn=True, dtype=dtype)
     out = {}
     for me in (False, True):
-        model = dk.build(spec.replace(memory_efficient=me))
+        model = dk.build(spec.replace(memory_efficient=me), dtype=dtype)
         dk.load_canonical(model, params)
         out[me] = (model, *_grads_by_path(model, x, y))
     return out
@@ -132,12 +132,15 @@ def test_memory_efficient_matches_default_float32(bn_size):
     assert_all_close(dk.run(model, x).stages, forward(spec, params, x).stages, "eval")
 
 
-def test_memory_efficient_matches_default_float64(float64_policy):
+@requires_tensorflow
+def test_memory_efficient_matches_default_float64():
     """In float64 the two paths agree to rounding (a float32 comparison on a deep net
     can flip a ReLU at an exact tie and differ by more than rounding in one element)."""
     spec = get_spec("densenet_bc_100_k12", block_config=(4, 4), growth_rate=6)
-    x, y = batch(spec, 16, 3, seed=6), np.array([0, 1, 9])
-    _assert_remat_equal(_remat_pair(spec, x, y), "float64")
+    x, y = batch(spec, 16, 3, seed=6).astype(np.float64), np.array([0, 1, 9])
+    out = _remat_pair(spec, x, y, "float64")
+    assert all(g.dtype == np.float64 for g in out[True][2].values())
+    _assert_remat_equal(out, "float64")
 
 
 @requires_tensorflow
@@ -174,14 +177,14 @@ def test_gradients_structure_and_loss():
     assert_all_close(dk.export_canonical(model), params, "copy")  # model untouched
 
 
-def test_gradients_float32_vs_float64(float64_policy):
+@requires_tensorflow
+def test_gradients_float32_vs_float64():
     spec = tiny_spec()
     x, y = batch(spec, 16, 3, seed=8), np.array([0, 2, 4])
     params = init_params(spec, 8, nontrivial_bn=True)
-    model64 = dk.build(spec)
+    model64 = dk.build(spec, dtype="float64")
     dk.load_canonical(model64, params)
-    _, g64, dx64, _ = _grads_by_path(model64, x, y)
-    keras.config.set_dtype_policy("float32")
+    _, g64, dx64, _ = _grads_by_path(model64, x.astype(np.float64), y)
     model32 = dk.build(spec)
     dk.load_canonical(model32, params)
     _, g32, dx32, _ = _grads_by_path(model32, x, y)
