@@ -22,6 +22,7 @@ also on any missing backend or unsupported check; else 0.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -282,11 +283,23 @@ def write_reports(run_dir: Path, ccs: Sequence[CaseComparison], backends: Sequen
             for cc in ccs
         ],
     }
-    jpath = run_dir / "report.json"
-    jpath.write_text(json.dumps(data, indent=1, default=str))
-    mpath = run_dir / "report.md"
-    mpath.write_text(markdown(ccs, backends, outcomes, seconds=seconds, code=code))
+    # Both texts first, then each file atomically: a failure (a full disk) leaves the
+    # previous reports or none, never a truncated one.
+    texts = {run_dir / "report.json": json.dumps(data, indent=1, default=str),
+             run_dir / "report.md": markdown(ccs, backends, outcomes, seconds=seconds, code=code)}
+    for path, text in texts.items():
+        _write_atomic(path, text)
+    jpath, mpath = texts
     return jpath, mpath
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def markdown(ccs: Sequence[CaseComparison], backends: Sequence[str],

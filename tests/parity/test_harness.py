@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -283,6 +284,29 @@ def test_cli_writes_reports_and_exit_codes(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "stem" in text and "FAIL" in text
     assert cli.main(["--cases", "nope"]) == 2
+
+
+def test_reports_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A report that can't be written (a full disk) leaves the previous one intact and
+    no temporary file behind."""
+    from densenet_multi.parity import report as rp
+
+    (tmp_path / "report.json").write_text('{"old": true}')
+    (tmp_path / "report.md").write_text("old")
+    real_write = Path.write_text
+
+    def full_disk(self, text, *a, **k):
+        if self.name.startswith(".report.md"):
+            real_write(self, text[: len(text) // 2])  # half written, then the disk is full
+            raise OSError(28, "No space left on device")
+        return real_write(self, text, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        rp.write_reports(tmp_path, [], [], {})
+    assert (tmp_path / "report.md").read_text() == "old"
+    assert json.loads((tmp_path / "report.json").read_text())["exit_status"] == 0  # the new one
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["report.json", "report.md"]
 
 
 def test_gpu_checks_say_not_available_without_a_gpu(tmp_path):
