@@ -17,11 +17,13 @@ import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 __all__ = ["Dataset", "load_digits_dataset", "read_idx", "load_fashion_mnist", "resize_bilinear",
-           "iterate_minibatches", "add_training_arguments", "dataset_from_args", "EpochResult"]
+           "iterate_minibatches", "add_training_arguments", "dataset_from_args", "EpochResult",
+           "epoch_progress"]
 
 
 @dataclass
@@ -37,6 +39,17 @@ class EpochResult:
     def describe(self, epochs: int) -> str:
         return (f"epoch {self.epoch:3d}/{epochs}  loss {self.loss:.4f}  train acc "
                 f"{self.train_acc:.4f}  test acc {self.test_acc:.4f}  ({self.seconds:.1f} s)")
+
+
+def epoch_progress(*, enabled: bool = True, transient: bool = True, console: Any = None) -> Any:
+    """The rich progress bar the training loops show: one task per epoch, with its
+    ``epoch`` and running ``loss`` fields (``progress.add_task("train", total=steps,
+    epoch=..., loss=0.0)``)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
+                    disable=not enabled, transient=transient, console=console)
 
 
 @dataclass

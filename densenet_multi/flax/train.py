@@ -32,7 +32,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ..data import Dataset, EpochResult, add_training_arguments, dataset_from_args, iterate_minibatches
+from ..data import (
+    Dataset,
+    EpochResult,
+    add_training_arguments,
+    dataset_from_args,
+    epoch_progress,
+    iterate_minibatches,
+)
 from ..layouts import nchw_to_nhwc
 from ..spec import get_spec
 from .convert import in_model_dtype
@@ -110,17 +117,13 @@ def fit(model: DenseNet, data: Dataset, *, epochs: int, batch_size: int = 64, lr
         show_progress: bool = True, log=print) -> list[EpochResult]:
     """Train ``model`` on ``data`` with optax SGD + momentum (:func:`~.runtime.make_optimizer`); report
     and return every epoch."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     device = device or resolve_device(None)
     batch_size = min(batch_size, len(data.x_train))
     optimizer = make_optimizer(model, lr, momentum)
     steps = len(data.x_train) // batch_size
     eval_batch = min(256, len(data.x_test))
     history: list[EpochResult] = []
-    columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn())
-    with Progress(*columns, disable=not show_progress, transient=True) as progress:
+    with epoch_progress(enabled=show_progress) as progress:
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             task = progress.add_task("train", total=steps, epoch=epoch, loss=0.0)

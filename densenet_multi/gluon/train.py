@@ -21,9 +21,8 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..data import Dataset, add_training_arguments, dataset_from_args
+from ..data import Dataset, add_training_arguments, dataset_from_args, epoch_progress
 from ..spec import get_spec
 from .densenet import in_legacy_mode
 from .runtime import build, context_of, save_checkpoint
@@ -63,9 +62,7 @@ def train(net: gluon.HybridBlock, data: Dataset, *, epochs: int, batch_size: int
                              "lr_scheduler": schedule})
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     history: dict[str, list[float]] = {"loss": [], "test_accuracy": []}
-    columns = (TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
+    with epoch_progress(console=console, transient=False) as progress:
         for epoch in range(1, epochs + 1):
             task = progress.add_task("train", total=steps, epoch=f"{epoch}/{epochs}", loss=0.0)
             total, seen = 0.0, 0

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..data import Dataset, EpochResult, add_training_arguments, dataset_from_args
+from ..data import Dataset, EpochResult, add_training_arguments, dataset_from_args, epoch_progress
 from ..spec import get_spec
 from .convert import save_checkpoint
 from .densenet import DenseNet
@@ -81,8 +81,6 @@ def fit(model: DenseNet, data: Dataset, *, epochs: int, batch_size: int = 64, lr
     (``CosineAnnealingLR``, stepped per epoch), so the last epochs settle instead
     of bouncing at the full rate; ``"constant"`` keeps ``lr`` (the d2l chapter).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     device = torch.device(device)
     model.to(device)
     train_loader, test_loader = make_loaders(data, batch_size, seed)
@@ -92,9 +90,7 @@ def fit(model: DenseNet, data: Dataset, *, epochs: int, batch_size: int = 64, lr
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
                  if schedule == "cosine" else None)
     history: list[EpochResult] = []
-    columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn())
-    with Progress(*columns, disable=not show_progress, transient=True) as progress:
+    with epoch_progress(enabled=show_progress) as progress:
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             task = progress.add_task("train", total=len(train_loader), epoch=epoch, loss=0.0)
