@@ -161,13 +161,13 @@ _FORWARD = ("shapes", "eval", "train", "copy")
 _FLOAT64 = ("eval", "train", "grad", "trajectory", "copy")
 _NO_DROPOUT = {"drop_rate": 0.0}
 DEFAULT_CASES: tuple[Case, ...] = (
-    Case("d2l", "d2l", (96, 96), changes=_NO_DROPOUT, batch=4, checks=_FORWARD, reference=()),
+    Case("d2l", "d2l", (96, 96), changes=_NO_DROPOUT, batch=4, checks=_FORWARD),
     Case("densenet121", "densenet121", (224, 224), changes=_NO_DROPOUT, batch=4,
-         checks=_FORWARD, reference=()),
+         checks=_FORWARD),
     Case("densenet_bc_100_k12", "densenet_bc_100_k12", (32, 32), changes=_NO_DROPOUT, batch=8,
-         checks=_FORWARD, reference=()),
+         checks=_FORWARD),
     Case("densenet40_k12", "densenet40_k12", (32, 32), changes=_NO_DROPOUT, batch=8,
-         checks=_FORWARD, reference=()),
+         checks=_FORWARD),
     Case("d2l-float64", "d2l", (96, 96), changes=_NO_DROPOUT, batch=4, dtype="float64",
          checks=_FLOAT64),
     Case("densenet121-float64", "densenet121", (224, 224), changes=_NO_DROPOUT, batch=2,

@@ -61,6 +61,8 @@ def test_default_cases_are_the_issue_s():
         assert {"shapes", "eval", "train", "copy"} <= checks[net, "float32"]
         assert {"eval", "train", "grad", "copy"} <= checks[net, "float64"]
     assert sum("trajectory" in c.checks for c in DEFAULT_CASES) == 3
+    # float32 gradients on request (--cases d2l --checks grad) are referenced, not unpaired
+    assert {"grad", "trajectory"} <= set(get_cases(["d2l"])[0].reference)
 
 
 def test_case_validation_and_round_trip():
