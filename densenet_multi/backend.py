@@ -5,15 +5,23 @@ same functions, so that the parity harness, the CLI and the notebooks treat
 all four alike. Everything crossing this boundary is canonical: numpy arrays,
 NCHW activations, OIHW kernels, (out, in) dense weights, torchvision names.
 
-``build(spec, *, device=None, seed=0, dtype="float32") -> model``
+``build(spec, *, device=None, seed=0, dtype="float32", memory_efficient=False) -> model``
     The framework-native model (``nn.Module``, ``nnx.Module``, ``keras.Model``,
-    ``HybridBlock``) for ``spec``, with the framework's own initialisation,
-    its parameters and its computation in ``dtype`` ("float32" or "float64",
-    checked by :func:`check_model_dtype`). Everything below works in the
-    model's dtype: inputs are cast to it, outputs, gradients and exports come
-    back in it. (float64 is what lets the parity harness hold gradients and
-    training trajectories to 1e-10: in float32 a deep ReLU network's gradient
-    is not determined to 1e-4 by its weights; see ``docs/parity.md``.)
+    ``HybridBlock``) for ``spec``, holding **the canonical seeded weights**
+    ``params.init_params(spec, seed, dtype=dtype)`` (torchvision's scheme, drawn
+    once in NumPy): the same seed gives the same weights in every backend, bit
+    for bit. (Each framework's own initialisers stay available through the model
+    class itself; ``build`` is the one rule the harness and the CLI rely on.)
+    Parameters, running statistics and computation are in ``dtype`` ("float32"
+    or "float64", checked by :func:`check_model_dtype`). Everything below works
+    in the model's dtype: inputs are cast to it, outputs, gradients and exports
+    come back in it. (float64 is what lets the parity harness hold gradients and
+    training trajectories to 1e-10: in float32 a deep ReLU network's gradient is
+    not determined to 1e-4 by its weights; see ``docs/parity.md``.)
+    ``memory_efficient=True`` recomputes each dense layer's concatenation and
+    first BN-ReLU-conv in the backward pass (the same numbers, less memory): a
+    runtime option, not part of the spec, so one checkpoint loads into either.
+    ``device`` is one of :func:`devices` ("cpu", "cuda", "cuda:1").
 ``load_canonical(model, params) -> None``
     Copy canonical parameters (every trainable parameter *and* the BN running
     statistics) into the model. Validates all keys/shapes first
@@ -27,23 +35,28 @@ NCHW activations, OIHW kernels, (out, in) dense weights, torchvision names.
     Forward an NCHW numpy batch. Returns logits and every stage of
     ``spec.stage_names`` in NCHW, and in train mode (batch statistics) the
     updated running statistics under their canonical names, in PyTorch's
-    convention (see the design notes on BatchNorm). Bad input raises
-    :class:`densenet_multi.spec.InputError`. ``run`` never changes a
-    parameter; after ``train=True`` the PyTorch, Keras and Gluon backends put
-    the model's running statistics back as they were, the Flax backend keeps
-    the update its training forward made (as ``nnx`` state naturally does).
-    The returned ``running`` is what the harness compares.
+    convention (frameworks that update with the biased variance convert with
+    :func:`densenet_multi.batchnorm.canonical_running_var`). Bad input raises
+    :class:`densenet_multi.spec.InputError`. ``run`` leaves **every** model as
+    it was: no parameter and no running statistic changes, in any backend; the
+    returned ``running`` is what the harness compares.
 ``gradients(model, x, labels) -> GradOutput``
     Loss (mean softmax cross-entropy of the logits against integer labels,
     computed in train mode, i.e. with batch statistics) and its gradient with
     respect to every trainable canonical parameter and to the input, canonical
-    names and layout.
+    names and layout. Labels are checked by :func:`densenet_multi.spec.check_labels`.
 ``train_steps(model, batches, *, lr, momentum) -> list[float]``
     One SGD-with-momentum step per ``(x, labels)`` batch (train mode, no
     weight decay, no Nesterov; PyTorch's update ``v = mu * v + g; p -= lr * v``),
     returning the loss computed in each step before its update.
 ``devices() -> list[str]``
-    The devices this backend can run on here ("cpu", "cuda"/"gpu").
+    The devices this backend can run on here, in one vocabulary for all four:
+    "cpu", then "cuda" (and "cuda:N" for more than one GPU).
+``save_checkpoint(model, path, *, overwrite=False) -> Path`` / ``load_checkpoint(path, spec=None, *, device=None, dtype=None) -> model``
+    A canonical safetensors checkpoint (:mod:`densenet_multi.checkpoint`) of the
+    model, and a model built from one.
+``resolve(model, part) -> native module``
+    The framework module of a canonical part path (``("block", 0, "layer", 2)``).
 
 Dropout cannot agree across frameworks: parity runs use ``drop_rate = 0``.
 """
@@ -51,12 +64,11 @@ Dropout cannot agree across frameworks: parity runs use ``drop_rate = 0``.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
 
-from .reference import ForwardOutput
+from .outputs import ForwardOutput, GradOutput
 
 __all__ = [
     "BACKENDS",
@@ -108,14 +120,7 @@ def check_model_dtype(dtype: object) -> str:
 
 
 CONTRACT = ("build", "load_canonical", "export_canonical", "run", "gradients", "train_steps",
-            "devices")
-
-
-@dataclass
-class GradOutput:
-    loss: float
-    params: dict[str, np.ndarray]  # canonical name -> gradient, canonical layout
-    input: np.ndarray  # d loss / d x, NCHW
+            "devices", "save_checkpoint", "load_checkpoint", "resolve")
 
 
 def load_backend(name: str) -> ModuleType:

@@ -14,30 +14,14 @@ Everything here uses only numpy (>= 1.23) and the spec.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .outputs import ForwardOutput
 from .params import validate_params
 from .spec import ConvGeometry, DenseNetSpec, check_input_dtype, check_input_shape
 
 __all__ = ["ForwardOutput", "forward", "softmax_cross_entropy", "conv2d", "batch_norm"]
-
-
-@dataclass
-class ForwardOutput:
-    """What a forward pass returns, in canonical layout and names.
-
-    ``stages`` maps every name of ``spec.stage_names`` (stem, block1, ...,
-    features, pooled, logits) to its output. ``running`` holds the updated BN
-    running statistics after a train-mode pass (None in eval mode).
-    """
-
-    logits: np.ndarray
-    stages: dict[str, np.ndarray]
-    running: dict[str, np.ndarray] | None = None
-    extras: dict[str, object] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------- primitives

@@ -40,7 +40,9 @@ __all__ = [
     "PRESETS",
     "SpecError",
     "get_spec",
+    "check_input_dtype",
     "check_input_shape",
+    "check_labels",
 ]
 
 SPEC_FORMAT_VERSION = 1
@@ -153,10 +155,6 @@ class DenseNetSpec:
     bn_momentum: float = 0.1
     #: How a transition's width is rounded: the paper and every zoo use floor.
     transition_rounding: str = "floor"
-    #: Recompute each dense layer's concatenation + first BN-ReLU-conv (the 1x1
-    #: bottleneck; the 3x3 of a plain layer) in the backward pass: the same
-    #: numbers, memory linear instead of quadratic in depth, more time.
-    memory_efficient: bool = False
     #: A label only; not part of the architecture (ignored by ``==``).
     name: str = field(default="custom", compare=False)
 
@@ -206,8 +204,6 @@ class DenseNetSpec:
             )
         if self.transition_rounding not in ROUNDINGS:
             raise _err("transition_rounding", self.transition_rounding, f"one of {ROUNDINGS}")
-        if not isinstance(self.memory_efficient, bool):
-            raise _err("memory_efficient", self.memory_efficient, "True or False")
         if not isinstance(self.name, str):
             raise _err("name", self.name, "a string")
         # Every transition must keep at least one channel.
@@ -249,6 +245,9 @@ class DenseNetSpec:
     def from_dict(cls, data: Mapping[str, Any]) -> DenseNetSpec:
         data = dict(data)
         data.pop("format", None)
+        # Written by versions that kept memory_efficient in the spec: it is a runtime
+        # option of build()/the constructors now and never changed the numbers.
+        data.pop("memory_efficient", None)
         unknown = set(data) - set(cls.field_names())
         if unknown:
             raise SpecError(
@@ -304,11 +303,6 @@ class DenseNetSpec:
     transition_conv = TRANSITION_CONV
     transition_pool = TRANSITION_POOL
 
-    @property
-    def keras_bn_momentum(self) -> float:
-        """Momentum in the Keras / Flax / Gluon convention: the weight of the old running value."""
-        return 1.0 - self.bn_momentum
-
     def transition_width(self, in_channels: int) -> int:
         """Output width of a transition with ``in_channels`` inputs, by the spec's rounding."""
         x = in_channels * self.compression
@@ -320,24 +314,34 @@ class DenseNetSpec:
         return int(math.floor(x + 0.5))
 
     @property
-    def channel_plan(self) -> ChannelPlan:
+    def bottleneck_channels(self) -> int | None:
+        """Width of a dense layer's 1x1 bottleneck (``bn_size * growth_rate``), or None."""
+        return None if self.bn_size is None else self.bn_size * self.growth_rate
+
+    def block_plan(self, in_channels: int, num_layers: int, index: int = 1) -> BlockPlan:
+        """The widths inside a dense block of ``num_layers`` layers on ``in_channels``
+        inputs: layer ``i`` sees ``in_channels + i * growth_rate`` channels."""
+        if not _is_int(in_channels) or in_channels < 1:
+            raise SpecError(f"a dense block needs in_channels >= 1, got {in_channels!r}")
+        if not _is_int(num_layers) or num_layers < 1:
+            raise SpecError(f"a dense block needs num_layers >= 1, got {num_layers!r}")
         k = self.growth_rate
+        return BlockPlan(
+            index=index,
+            num_layers=num_layers,
+            in_channels=in_channels,
+            layer_in_channels=tuple(in_channels + i * k for i in range(num_layers)),
+            bottleneck_channels=self.bottleneck_channels,
+            out_channels=in_channels + num_layers * k,
+        )
+
+    @property
+    def channel_plan(self) -> ChannelPlan:
         width = self.num_init_features
         blocks, transitions = [], []
         for b, n in enumerate(self.block_config, start=1):
-            layer_in = tuple(width + i * k for i in range(n))
-            out = width + n * k
-            blocks.append(
-                BlockPlan(
-                    index=b,
-                    num_layers=n,
-                    in_channels=width,
-                    layer_in_channels=layer_in,
-                    bottleneck_channels=None if self.bn_size is None else self.bn_size * k,
-                    out_channels=out,
-                )
-            )
-            width = out
+            blocks.append(self.block_plan(width, n, index=b))
+            width = blocks[-1].out_channels
             if b < self.num_blocks:
                 t_out = self.transition_width(width)
                 transitions.append(TransitionPlan(index=b, in_channels=width, out_channels=t_out))
@@ -358,6 +362,19 @@ class DenseNetSpec:
             if b < self.num_blocks:
                 names.append(f"transition{b}")
         return (*names, "features", "pooled", "logits")
+
+    @property
+    def stage_parts(self) -> dict[str, str]:
+        """The part of the network body that ends each stage before ``features``, in
+        order: ``{"pool0": "stem", "denseblock1": "block1", "transition1":
+        "transition1", ..., "denseblockN": "blockN"}`` (the CIFAR stem ends at
+        ``conv0``). Every backend collects its stages by this one table."""
+        parts = {("pool0" if self.stem_pool is not None else "conv0"): "stem"}
+        for b in range(1, self.num_blocks + 1):
+            parts[f"denseblock{b}"] = f"block{b}"
+            if b < self.num_blocks:
+                parts[f"transition{b}"] = f"transition{b}"
+        return parts
 
     def _spatial(self, size: int) -> list[int]:
         """Spatial size after stem, block1, transition1, ... along one axis (may hit <= 0)."""
@@ -493,6 +510,21 @@ def check_input_dtype(dtype: Any, allowed: tuple[str, ...] = ("float32", "float6
     name = str(getattr(dtype, "name", dtype))
     if name not in allowed:
         raise InputError(f"expected a floating-point batch of dtype {' or '.join(allowed)}, got {name}")
+
+
+def check_labels(labels: Any, n: int, num_classes: int) -> Any:
+    """Integer class labels for a batch of ``n``: returned as an int64 numpy array, or
+    :class:`InputError` naming the expected and the given shape, dtype or range."""
+    import numpy as np  # here, not at the top: the spec itself needs no numpy
+
+    labels = np.asarray(labels)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"expected {n} integer labels of shape ({n},), got a {labels.dtype} "
+                         f"array of shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise InputError(f"labels must lie in [0, {num_classes}), got values in "
+                         f"[{labels.min()}, {labels.max()}]")
+    return labels.astype(np.int64)
 
 
 # ---------------------------------------------------------------------- presets

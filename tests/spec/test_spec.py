@@ -176,10 +176,40 @@ def test_from_json_rejects_unknown_fields():
         DenseNetSpec.from_dict({"growth_rate": 12, "depth": 40})
 
 
-def test_momentum_conventions():
+def test_momentum_is_stated_once_in_pytorchs_convention():
     spec = get_spec("densenet121")
     assert spec.bn_momentum == 0.1
-    assert spec.keras_bn_momentum == pytest.approx(0.9)
+    # no framework-named translations live in the spec: backends write 1 - m themselves
+    assert not [n for n in dir(spec) if "keras" in n or "flax" in n or "gluon" in n]
+
+
+def test_memory_efficient_is_not_a_spec_field_and_old_files_still_load():
+    assert "memory_efficient" not in DenseNetSpec.field_names()
+    old = {**get_spec("d2l").to_dict(), "memory_efficient": False, "format": 1}
+    assert DenseNetSpec.from_dict(old) == get_spec("d2l")
+
+
+def test_block_plan_is_the_textbook_block():
+    # the chapter's DenseBlock(2, 10) on 3 input channels: 3 + 2 * 10 = 23 channels out
+    spec = get_spec("d2l", growth_rate=10)
+    plan = spec.block_plan(3, 2)
+    assert plan.layer_in_channels == (3, 13) and plan.out_channels == 23
+    assert plan.bottleneck_channels is None
+    assert get_spec("densenet121").block_plan(64, 6).bottleneck_channels == 128
+    assert get_spec("densenet121").channel_plan.blocks[1] == get_spec("densenet121").block_plan(
+        128, 12, index=2)
+    with pytest.raises(SpecError, match="num_layers >= 1, got 0"):
+        spec.block_plan(3, 0)
+
+
+def test_stage_parts_name_the_part_ending_each_stage():
+    assert list(get_spec("d2l").stage_parts.items())[:3] == [
+        ("pool0", "stem"), ("denseblock1", "block1"), ("transition1", "transition1")]
+    cifar = get_spec("densenet40_k12")
+    assert list(cifar.stage_parts) == ["conv0", "denseblock1", "transition1", "denseblock2",
+                                       "transition2", "denseblock3"]
+    for spec in (get_spec("densenet121"), cifar):
+        assert tuple(spec.stage_parts.values()) == spec.stage_names[:-3]
 
 
 valid_specs = st.builds(
