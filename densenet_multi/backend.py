@@ -52,7 +52,8 @@ NCHW activations, OIHW kernels, (out, in) dense weights, torchvision names.
 ``devices() -> list[str]``
     The devices this backend can run on here, in one vocabulary for all four:
     "cpu", then "cuda" (and "cuda:N" for more than one GPU).
-``save_checkpoint(model, path, *, overwrite=False) -> Path`` / ``load_checkpoint(path, spec=None, *, device=None, dtype=None) -> model``
+``save_checkpoint(model, path, *, overwrite=False) -> Path``
+``load_checkpoint(path, spec=None, *, device=None, dtype=None, memory_efficient=False)``
     A canonical safetensors checkpoint (:mod:`densenet_multi.checkpoint`) of the
     model, and a model built from one.
 ``resolve(model, part) -> native module``
