@@ -4,19 +4,11 @@
 torchvision DenseNet state_dict loads with ``strict=True`` and canonical
 parameters need no layout conversion. The backend contract of
 :mod:`densenet_multi.backend` (``build``, ``load_canonical``,
-``export_canonical``, ``run``, ``gradients``, ``train_steps``, ``devices``) is
-exported here, as are canonical checkpoint helpers.
+``export_canonical``, ``run``, ``gradients``, ``train_steps``, ``devices``,
+``save_checkpoint``, ``load_checkpoint``, ``resolve``) is exported here.
 """
 
-from .convert import (
-    export_canonical,
-    from_canonical,
-    load_canonical,
-    load_checkpoint,
-    resolve,
-    save_checkpoint,
-    to_canonical,
-)
+from .convert import export_canonical, load_canonical, resolve
 from .densenet import (
     ConvBlock,
     DenseBlock,
@@ -29,7 +21,15 @@ from .densenet import (
     densenet201,
     from_spec,
 )
-from .runtime import build, devices, gradients, run, train_steps
+from .runtime import (
+    build,
+    devices,
+    gradients,
+    load_checkpoint,
+    run,
+    save_checkpoint,
+    train_steps,
+)
 
 __all__ = [
     "ConvBlock",
@@ -37,21 +37,19 @@ __all__ = [
     "DenseBlock",
     "Transition",
     "DenseNet",
+    "from_spec",
     "densenet121",
     "densenet161",
     "densenet169",
     "densenet201",
-    "from_spec",
     "build",
     "load_canonical",
     "export_canonical",
-    "from_canonical",
-    "to_canonical",
     "resolve",
-    "load_checkpoint",
-    "save_checkpoint",
     "run",
     "gradients",
     "train_steps",
     "devices",
+    "save_checkpoint",
+    "load_checkpoint",
 ]

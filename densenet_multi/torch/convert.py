@@ -1,4 +1,4 @@
-"""Canonical parameters <-> the PyTorch model, and canonical checkpoints.
+"""Canonical parameters <-> the PyTorch model.
 
 The canonical layout *is* PyTorch's (OIHW kernels, (out, in) linear weights,
 NCHW activations), so no layout conversion happens here: every canonical
@@ -11,29 +11,22 @@ as well (a test checks that both routes agree); the converter still walks
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .. import checkpoint
 from ..params import ModuleRef, module_table, validate_params
-from .densenet import DenseNet
+from .densenet import DenseBlock, DenseNet, Transition
 
-__all__ = [
-    "resolve",
-    "canonical_tensors",
-    "from_canonical",
-    "to_canonical",
-    "load_canonical",
-    "export_canonical",
-    "load_checkpoint",
-    "save_checkpoint",
-]
+__all__ = ["resolve", "canonical_tensors", "load_canonical", "export_canonical"]
+
+
+def _parts(model: DenseNet, kind: type[nn.Module]) -> list[nn.Module]:
+    """The dense blocks (or transitions) of ``model``, in order."""
+    return [m for m in model.features.children() if isinstance(m, kind)]
 
 
 def resolve(model: DenseNet, part: tuple[Any, ...]) -> nn.Module:
@@ -48,10 +41,10 @@ def resolve(model: DenseNet, part: tuple[Any, ...]) -> nn.Module:
         return getattr(model.features, rest[0])
     if head == "block":
         b, _, l, name = rest
-        return getattr(model.dense_blocks[b].layers[l], name)
+        return getattr(list(_parts(model, DenseBlock)[b].values())[l], name)
     if head == "transition":
         t, name = rest
-        return getattr(model.transitions[t], name)
+        return getattr(_parts(model, Transition)[t], name)
     if head == "norm5":
         return model.features.norm5
     if head == "classifier":
@@ -97,23 +90,3 @@ def export_canonical(model: DenseNet) -> dict[str, np.ndarray]:
             t = t.to(torch.float32)
         out[name] = np.ascontiguousarray(t.numpy()).copy()
     return out
-
-
-# The names of the contract, and the names the style guide proposes.
-from_canonical = load_canonical
-to_canonical = export_canonical
-
-
-def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device | None = None
-                    ) -> DenseNet:
-    """A model built from the spec stored in a canonical checkpoint, with its weights."""
-    params, spec = checkpoint.load(path)
-    model = DenseNet(spec)
-    if device is not None:
-        model.to(device)
-    return load_canonical(model, params)
-
-
-def save_checkpoint(model: DenseNet, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write ``model``'s canonical parameters and its spec to a safetensors checkpoint."""
-    return checkpoint.save(path, export_canonical(model), model.spec, overwrite=overwrite)

@@ -24,9 +24,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ..data import Dataset, EpochResult, add_training_arguments, dataset_from_args, epoch_progress
 from ..spec import get_spec
-from .convert import save_checkpoint
 from .densenet import DenseNet
-from .runtime import build
+from .runtime import build, save_checkpoint
 
 __all__ = ["EpochResult", "make_loaders", "train_one_epoch", "evaluate", "fit", "main"]
 

@@ -9,7 +9,7 @@ import torch
 from torch_cases import PRESET_CASES, TINY, TINY_PLAIN, case
 
 import densenet_multi.torch as dt
-from densenet_multi.params import module_table, param_table
+from densenet_multi.params import init_params, module_table, param_table
 from densenet_multi.reference import forward
 from densenet_multi.spec import get_spec
 from densenet_multi.testing import assert_all_close, assert_close
@@ -153,12 +153,74 @@ def test_forward_equals_forward_stages_logits():
                            model.forward_stages(xt)["pooled"])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("spec", [TINY, TINY_PLAIN, get_spec("d2l")], ids=lambda s: s.name)
+def test_build_holds_the_canonical_seeded_weights_bit_for_bit(spec, dtype):
+    """build() gives init_params(spec, seed): the same arrays as every other backend."""
+    got = dt.export_canonical(dt.build(spec, seed=3, dtype=dtype))
+    want = init_params(spec, 3, dtype=dtype)
+    assert list(got) == list(want)
+    for k, v in want.items():
+        assert got[k].dtype == v.dtype and np.array_equal(got[k], v), k
+
+
 def test_build_is_seeded():
     a, b, c = (dt.export_canonical(dt.build(TINY_PLAIN, seed=s)) for s in (0, 0, 1))
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(a["features.conv0.weight"], c["features.conv0.weight"])
-    # torchvision's init: BN weight 1, bias 0, classifier bias 0
-    assert np.all(a["features.norm5.weight"] == 1) and np.all(a["classifier.bias"] == 0)
+
+
+def test_model_class_keeps_torchvisions_own_init():
+    """DenseNet(spec) used directly initialises like torchvision: Kaiming-normal convs
+    (std sqrt(2 / fan_in)), BN 1/0, a zero classifier bias."""
+    torch.manual_seed(0)
+    model = dt.DenseNet(get_spec("densenet121"))
+    w = model.features.denseblock3.denselayer20.conv1.weight  # 128 x 864 x 1 x 1
+    assert abs(w.std().item() / (2 / 864) ** 0.5 - 1) < 0.02
+    assert torch.all(model.features.norm5.weight == 1) and torch.all(model.classifier.bias == 0)
+
+
+def test_run_in_train_mode_leaves_the_model_exactly_as_it_was():
+    """Every parameter and buffer (running statistics, num_batches_tracked) and the mode."""
+    spec, params, x = case(TINY, 8, batch=3, seed=8)
+    model = dt.load_canonical(dt.build(spec), params)
+    for mode in (False, True):
+        model.train(mode)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        out = dt.run(model, x, train=True)
+        assert out.running is not None and model.training == mode
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k]), k
+    # the returned statistics are the updated ones, not the model's
+    assert not np.array_equal(out.running["features.norm5.running_mean"],
+                              params["features.norm5.running_mean"])
+
+
+def test_the_textbook_parts_from_their_constructors():
+    """d2l's examples: a 2-layer block with k=10 takes 3 channels to 23, a transition to
+    10 channels halves the size; a dense layer returns only its k new maps."""
+    spec = get_spec("d2l", growth_rate=10)
+    x = torch.randn(4, 3, 8, 8)
+    block = dt.DenseBlock(spec, 3, 2)
+    assert list(dict(block.named_children())) == ["denselayer1", "denselayer2"]
+    y = block(x)
+    assert y.shape == (4, 23, 8, 8)
+    assert torch.equal(y[:, :3], x)  # the block input is passed through
+    assert dt.Transition(spec, 23, 10)(y).shape == (4, 10, 4, 4)
+    assert dt.DenseLayer(spec, 3)(x).shape == (4, 10, 8, 8)
+    assert dt.DenseLayer(spec, 13)([x, torch.randn(4, 10, 8, 8)]).shape == (4, 10, 8, 8)
+    assert dt.ConvBlock(spec, 3, 7, spec.growth_conv)(x).shape == (4, 7, 8, 8)
+    bottleneck = dt.DenseLayer(get_spec("densenet121"), 64)
+    assert [n for n, _ in bottleneck.named_children()] == ["norm1", "conv1", "norm2", "conv2"]
+
+
+def test_from_spec_and_presets():
+    model = dt.from_spec("densenet121", num_classes=10, memory_efficient=True)
+    assert model.spec == get_spec("densenet121", num_classes=10)
+    assert model.classifier.out_features == 10
+    assert all(m.memory_efficient for m in model.modules() if isinstance(m, dt.DenseLayer))
+    assert dt.densenet169(num_classes=5).spec == get_spec("densenet169", num_classes=5)
+    assert not dt.densenet121().features.denseblock1.denselayer1.memory_efficient
 
 
 def test_densenet121_state_dict_matches_golden_torchvision_keys():

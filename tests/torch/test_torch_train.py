@@ -29,15 +29,20 @@ def test_one_epoch_smoke_run_saves_a_checkpoint(tmp_path, capsys):
     assert dt.run(model, data.x_test).logits.shape == (8, 10)
 
 
-def test_fit_reduces_the_loss_and_reports_every_epoch():
+def test_fit_learns_digits_above_a_measured_floor():
+    """d2l net, 640 training / 128 test digits at 32x32, 3 epochs, batch 32, lr 0.1 cosine.
+    Measured (torch 2.13 CPU, one thread): seed 0 reaches 98.4% test accuracy (94.2%
+    train); seeds 1 and 2 reach 85.2% and 93.0%. The floor of 80% leaves room for other
+    machines' rounding and fails a network or loop that does not learn (chance is 10%)."""
     from densenet_multi.spec import get_spec
 
-    data = load_digits_dataset(32).subset(64, 32)
+    data = load_digits_dataset(32).subset(640, 128)
     model = dt.build(get_spec("d2l"), seed=0)
-    hist = fit(model, data, epochs=2, batch_size=32, show_progress=False, log=None)
-    assert [h.epoch for h in hist] == [1, 2]
-    assert hist[1].loss < hist[0].loss
-    assert all(0.0 <= h.test_acc <= 1.0 and 0.0 <= h.train_acc <= 1.0 for h in hist)
+    hist = fit(model, data, epochs=3, batch_size=32, seed=0, show_progress=False, log=None)
+    assert [h.epoch for h in hist] == [1, 2, 3]
+    assert hist[0].loss > hist[1].loss > hist[2].loss
+    assert hist[-1].train_acc >= 0.85, hist[-1]
+    assert hist[-1].test_acc >= 0.80, hist[-1]
 
 
 def _write_idx(path, array: np.ndarray, gz: bool) -> None:

@@ -87,9 +87,9 @@ def test_train_step_matches_torchvision_memory_efficient_on_our_side():
     """One train-mode forward/backward: ours with memory_efficient=True vs torchvision's
     default path, same weights. Loss, every gradient and the updated running statistics
     agree (the checkpoint recomputation must not update the BN statistics twice)."""
-    spec = get_spec("densenet121", memory_efficient=True)
+    spec = get_spec("densenet121")
     params = init_params(spec, seed=9, nontrivial_bn=True)
-    ours = dt.load_canonical(dt.build(spec), params).train()
+    ours = dt.load_canonical(dt.build(spec, memory_efficient=True), params).train()
     tv = _torchvision_model("densenet121").train()
     tv.load_state_dict(ours.state_dict(), strict=True)
     x = _batch(3).repeat(2, 1, 1, 1)  # batch 4 at 64x64: the last block keeps 2x2 maps
