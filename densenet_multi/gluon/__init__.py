@@ -1,31 +1,29 @@
 """MXNet Gluon backend (MXNet 1.9): DenseNet as ``HybridBlock``s and the backend contract.
 
 Only this subpackage imports mxnet. See ``docs/backends/gluon.md`` for the
-conventions (BN momentum, BatchNorm's update in the backward pass, the model
-zoo's fixed 7x7 head).
+conventions (BN momentum, BatchNorm's update in the backward pass, MXNet's
+numpy mode, the model zoo's fixed 7x7 head).
 """
 
-from .convert import export_canonical, from_zoo, load_canonical, to_zoo
+from .convert import export_canonical, from_zoo, load_canonical, resolve, to_zoo
 from .densenet import (
-    BatchNorm,
     ConvBlock,
     DenseBlock,
     DenseLayer,
     DenseNet,
-    Stem,
     Transition,
     densenet121,
     densenet161,
     densenet169,
     densenet201,
     from_spec,
-    legacy_mode,
 )
 from .runtime import (
     build,
     devices,
     dtype_of,
     gradients,
+    legacy_mode,
     load_checkpoint,
     run,
     save_checkpoint,
@@ -33,19 +31,16 @@ from .runtime import (
 )
 
 __all__ = [
-    "BatchNorm",
     "ConvBlock",
     "DenseLayer",
     "DenseBlock",
     "Transition",
-    "Stem",
     "DenseNet",
+    "from_spec",
     "densenet121",
     "densenet161",
     "densenet169",
     "densenet201",
-    "from_spec",
-    "legacy_mode",
     "build",
     "load_canonical",
     "export_canonical",
@@ -53,9 +48,11 @@ __all__ = [
     "gradients",
     "train_steps",
     "devices",
+    "save_checkpoint",
+    "load_checkpoint",
+    "resolve",
+    "legacy_mode",
     "dtype_of",
     "from_zoo",
     "to_zoo",
-    "save_checkpoint",
-    "load_checkpoint",
 ]

@@ -11,6 +11,10 @@ many networks the program has built; nothing here reads them.
 
 Gluon's names for a layer's arrays differ from the canonical ``attr``:
 BatchNorm calls its weight/bias ``gamma``/``beta`` (:data:`GLUON_ATTR`).
+
+Values are copied in with ``Parameter.set_data`` from ``nd`` arrays and read
+with ``asnumpy()``, which work whether MXNet's numpy mode is on or off: these
+functions need no :func:`~densenet_multi.gluon.runtime.legacy_mode`.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ import numpy as np
 from mxnet import gluon, nd
 from mxnet.gluon import nn
 
-from ..params import DENSE_LAYER_UNITS, ModuleRef, ParameterError, module_table, validate_params
+from ..params import ModuleRef, ParameterError, module_table, validate_params
 from ..spec import DenseNetSpec
-from .densenet import DenseNet, in_legacy_mode
+from .densenet import DenseBlock, DenseNet, Transition
 
 __all__ = [
     "GLUON_ATTR",
@@ -50,24 +54,32 @@ GLUON_ATTR: dict[tuple[str, str], str] = {
 }
 
 
+def resolve(model: DenseNet, part: tuple[Any, ...]) -> gluon.Block:
+    """The layer a canonical ``ModuleRef.part`` path points to in ``model``.
 
-def resolve(net: DenseNet, part: tuple[Any, ...]) -> gluon.Block:
-    """The layer of ``net`` that a canonical ``ModuleRef.part`` names (the one place that
-    knows how our block tree is laid out)."""
-    head = part[0]
+    Paths (0-based indices): ``("stem", "conv0" | "norm0")``, ``("block", b,
+    "layer", l, name)``, ``("transition", t, "norm" | "conv")``, ``("norm5",)``,
+    ``("classifier",)``.
+    """
+    head, *rest = part
     if head == "stem":
-        return getattr(net.stem, part[1])
+        return getattr(model.features, rest[0])
     if head == "block":
-        _, b, _, l, name = part
-        unit, leaf = DENSE_LAYER_UNITS[name]
-        return getattr(getattr(net.blocks[b].layers[l], unit), leaf)
+        b, _, l, name = rest
+        return getattr(list(_parts(model, DenseBlock)[b]._children.values())[l], name)
     if head == "transition":
-        return getattr(net.transitions[part[1]].compress, part[2])
+        t, name = rest
+        return getattr(_parts(model, Transition)[t], name)
     if head == "norm5":
-        return net.norm5
+        return model.features.norm5
     if head == "classifier":
-        return net.classifier
-    raise KeyError(f"unknown module part {part!r}")
+        return model.classifier
+    raise KeyError(f"unknown canonical part path {part!r}")
+
+
+def _parts(model: DenseNet, kind: type) -> list[gluon.Block]:
+    """The children of ``model.features`` of one kind (DenseBlock, Transition), in order."""
+    return [c for c in model.features._children.values() if isinstance(c, kind)]
 
 
 def gluon_param(layer: gluon.Block, ref: ModuleRef, attr: str) -> gluon.Parameter:
@@ -96,6 +108,8 @@ def _copy_in(pairs: list[tuple[str, gluon.Parameter]], params: Mapping[str, Any]
     if wrong:
         raise ParameterError(f"{what}: shapes do not fit the model:\n  - " + "\n  - ".join(wrong))
     for name, p in pairs:
+        # an NDArray source, not numpy: MXNet copies numpy arrays straight into the
+        # parameter's memory, which fails once oneDNN has reordered it (after a forward)
         p.set_data(nd.array(np.asarray(params[name]), ctx=p.list_ctx()[0], dtype=p.dtype))
 
 
@@ -106,7 +120,6 @@ def _copy_out(pairs: list[tuple[str, gluon.Parameter]]) -> dict[str, np.ndarray]
         for name, p in pairs}
 
 
-@in_legacy_mode
 def load_canonical(net: DenseNet, params: Mapping[str, Any]) -> None:
     """Copy canonical parameters (trainable ones and BN running statistics) into ``net``.
 
@@ -118,7 +131,6 @@ def load_canonical(net: DenseNet, params: Mapping[str, Any]) -> None:
     _copy_in(_pairs(net.spec, lambda ref: resolve(net, ref.part)), params, "load_canonical")
 
 
-@in_legacy_mode
 def export_canonical(net: DenseNet) -> dict[str, np.ndarray]:
     """``net``'s parameters as canonical numpy arrays, in ``param_table`` order, in the
     network's dtype (float64 for a float64 network, float32 otherwise)."""
@@ -183,7 +195,6 @@ def _zoo_pairs(zoo: gluon.HybridBlock, spec: DenseNetSpec) -> list[tuple[str, gl
     return _pairs(spec, lambda ref: layers[ref.part])
 
 
-@in_legacy_mode
 def from_zoo(zoo: gluon.HybridBlock, spec: DenseNetSpec) -> dict[str, np.ndarray]:
     """Canonical parameters of an initialised Gluon-zoo DenseNet (e.g.
     ``vision.densenet121()``; its parameters must exist, so run one forward pass
@@ -193,7 +204,6 @@ def from_zoo(zoo: gluon.HybridBlock, spec: DenseNetSpec) -> dict[str, np.ndarray
     return params
 
 
-@in_legacy_mode
 def to_zoo(params: Mapping[str, Any], zoo: gluon.HybridBlock, spec: DenseNetSpec) -> None:
     """Copy canonical parameters of ``spec`` into a Gluon-zoo DenseNet (all or nothing)."""
     validate_params(spec, params, dtype=None)

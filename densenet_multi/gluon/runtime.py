@@ -2,115 +2,155 @@
 
 Everything crossing this boundary is canonical numpy (NCHW, OIHW, torchvision
 names), in the network's dtype (float32, or float64 after ``build(dtype=
-"float64")``, i.e. Gluon's ``net.cast("float64")``). Two MXNet 1.9 facts shape this module:
+"float64")``, i.e. Gluon's ``net.cast("float64")``). This is also where MXNet's
+process-wide state is handled: every function here runs with MXNet's numpy
+modes off (:func:`legacy_mode`) and restores the caller's; the autograd
+recording/training flags are scoped. Two MXNet 1.9 facts shape the module:
 
 * **MXNet's BatchNorm operator updates its running statistics in the backward
-  pass**, not the forward, and with the *biased* batch variance. (Our
-  :class:`~densenet_multi.gluon.densenet.BatchNorm` computes precise two-pass
-  statistics imperatively and updates in the forward pass, by the same rule;
-  hybridized, it is the operator.) :func:`run` with ``train=True`` therefore
-  runs one backward pass (w.r.t. the input only, with a zero head gradient, so
-  no parameter gradient buffer is touched), which covers both, and then
-  converts the update to the canonical (PyTorch) convention with
-  :func:`_pytorch_running_var`: ``run`` returns exactly the
-  statistics PyTorch's train-mode forward would leave, and puts the model's
-  back as they were (``run`` and ``gradients`` never change the model, as in
-  the PyTorch backend). :func:`train_steps` writes the converted statistics
-  into the model after each step, so training follows PyTorch's trajectory.
+  pass**, not the forward, and with the *biased* batch variance. (The network's
+  :class:`~densenet_multi.gluon.layers.TwoPassBatchNorm` computes precise
+  two-pass statistics imperatively and updates in the forward pass, by the
+  same rule; hybridized, it is the operator.) :func:`run` with ``train=True``
+  therefore runs one backward pass (w.r.t. the input only, with a zero head
+  gradient, so no parameter gradient buffer is touched), which covers both,
+  and converts the update to the canonical (PyTorch) convention with
+  :func:`densenet_multi.batchnorm.canonical_running_var`: ``run`` returns
+  exactly the statistics PyTorch's train-mode forward would leave, and puts
+  the model's back as they were (``run`` and ``gradients`` never change the
+  model). :func:`train_steps` writes the converted statistics into the model
+  after each step, so training follows PyTorch's trajectory.
 * ``Trainer.step(batch_size)`` rescales gradients by ``1/batch_size``; we
   differentiate the *mean* loss and call ``step(1)``. MXNet's SGD momentum
   update ``m = mu*m - lr*g; w += m`` equals PyTorch's ``v = mu*v + g; w -= lr*v``
   (``m = -lr*v``) at a constant learning rate.
-
-No function here changes MXNet's global state: each runs with MXNet's numpy
-modes off (:func:`~densenet_multi.gluon.densenet.legacy_mode`) and restores the
-caller's; the autograd recording/training flags are scoped.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon, nd
 
 from .. import checkpoint
-from ..backend import GradOutput, check_model_dtype
-from ..params import module_table
-from ..reference import ForwardOutput
-from ..spec import DenseNetSpec, InputError, check_input_dtype, check_input_shape
+from ..backend import check_model_dtype
+from ..batchnorm import canonical_running_var, sample_counts
+from ..outputs import ForwardOutput, GradOutput
+from ..params import init_params, module_table
+from ..spec import DenseNetSpec, check_input_dtype, check_input_shape, check_labels
 from .convert import export_canonical, gluon_param, load_canonical, resolve
-from .densenet import DenseNet, in_legacy_mode
+from .densenet import DenseNet
 
-__all__ = ["build", "run", "gradients", "train_steps", "devices", "context_of", "dtype_of",
-           "save_checkpoint", "load_checkpoint"]
+__all__ = ["legacy_mode", "in_legacy_mode", "build", "run", "gradients", "train_steps",
+           "devices", "context_of", "dtype_of", "save_checkpoint", "load_checkpoint"]
 
 
-class _SeededInit(mx.init.Initializer):
-    """He-normal (fan-in, gain sqrt(2)) weights from a *private* numpy generator.
+# ---------------------------------------------------------------------- MXNet's modes
+@contextmanager
+def legacy_mode() -> Iterator[None]:
+    """Run a block of code with MXNet's numpy-compatible modes *off*, restoring the
+    caller's settings afterwards.
 
-    Seeding MXNet's global RNG (``mx.random.seed``) would reset the user's
-    random stream; this initializer leaves it alone. Biases start at zero; BN
-    parameters use their own ``ones``/``zeros`` initializers.
+    ``npx.set_np()`` is process-wide; a user program that turned it on would
+    otherwise make the network's legacy-API (``F`` = ``nd`` / ``sym``) blocks
+    fail (``nd`` vs ``mx.np`` arrays). Every function of this module runs inside
+    this scope; it never switches the modes for the rest of the program. Call
+    ``net(x)`` yourself inside it when numpy mode is on.
     """
+    # array semantics off first: MXNet refuses np_shape(False) while np_array is on
+    with mx.util.np_array(False), mx.util.np_shape(False):
+        yield
 
-    def __init__(self, seed: int) -> None:
-        super().__init__()
-        self._rng = np.random.Generator(np.random.PCG64(seed))
 
-    def _init_weight(self, name: str, arr: nd.NDArray) -> None:
-        fan_in = int(np.prod(arr.shape[1:]))
-        arr[:] = self._rng.normal(0.0, np.sqrt(2.0 / fan_in), arr.shape).astype(np.float32)
+_F = TypeVar("_F", bound=Callable)
+
+
+def in_legacy_mode(fn: _F) -> _F:
+    """Decorator: call ``fn`` inside :func:`legacy_mode`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with legacy_mode():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------- devices
+def devices() -> list[str]:
+    """Devices this backend can run on here: "cpu", then "cuda" (and "cuda:N" for more
+    than one GPU) when MXNet sees a GPU."""
+    n = mx.context.num_gpus()
+    return ["cpu"] + (["cuda"] if n else []) + [f"cuda:{i}" for i in range(1, n)]
 
 
 def _context(device: str | None) -> mx.Context:
+    """The MXNet context of a device name: MXNet calls CUDA devices "gpu"."""
     if device in (None, "cpu"):
         return mx.cpu()
-    if device in ("gpu", "cuda") or (isinstance(device, str) and device.startswith(("gpu", "cuda"))):
-        if mx.context.num_gpus() == 0:
-            raise ValueError(f"device {device!r} requested but MXNet sees no GPU; use 'cpu'")
-        idx = device.split(":")[1] if ":" in device else "0"
-        return mx.gpu(int(idx))
-    raise ValueError(f"unknown device {device!r}; use 'cpu' or 'gpu[:i]'")
+    if isinstance(device, str) and device.split(":")[0] == "cuda":
+        index = device.partition(":")[2] or "0"
+        if not index.isdigit():
+            raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'")
+        if int(index) >= mx.context.num_gpus():
+            raise ValueError(f"device {device!r} requested but MXNet sees "
+                             f"{mx.context.num_gpus() or 'no'} GPU(s); use one of {devices()}")
+        return mx.gpu(int(index))
+    raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'")
 
 
 def context_of(net: DenseNet) -> mx.Context:
     """The context (device) the network's parameters live on."""
-    return net.stem.conv0.weight.list_ctx()[0]
-
-
-def devices() -> list[str]:
-    """Devices this backend can run on here: ``["cpu"]``, plus ``"gpu"`` when MXNet sees one."""
-    return ["cpu"] + (["gpu"] if mx.context.num_gpus() > 0 else [])
+    return net.features.conv0.weight.list_ctx()[0]
 
 
 def dtype_of(net: DenseNet) -> np.dtype:
     """The dtype the network's parameters (and so its computation) are in."""
-    return np.dtype(net.stem.conv0.weight.dtype)
+    return np.dtype(net.features.conv0.weight.dtype)
 
 
-@in_legacy_mode
-def build(spec: DenseNetSpec, *, device: str | None = None, seed: int = 0,
-          dtype: str = "float32", hybridize: bool = False) -> DenseNet:
-    """An initialised :class:`DenseNet` for ``spec`` on ``device`` ("cpu" or "gpu"), its
-    parameters in ``dtype`` ("float32" or "float64", Gluon's ``Block.cast``).
-
-    Parameters exist right away (every layer knows its ``in_channels``);
-    weights are He-normal from ``seed`` without touching MXNet's global RNG.
-    ``hybridize=True`` compiles it to a cached graph (the same numbers in eval
-    mode; in train mode see :class:`~densenet_multi.gluon.densenet.BatchNorm`).
-    """
+# ---------------------------------------------------------------------- building
+def _empty(spec: DenseNetSpec, device: str | None, dtype: object, memory_efficient: bool,
+           hybridize: bool) -> DenseNet:
+    """A network for ``spec`` on ``device`` in ``dtype``, its values still to be loaded."""
     dtype = check_model_dtype(dtype)
-    net = DenseNet(spec)
-    net.initialize(_SeededInit(seed), ctx=_context(device))
+    net = DenseNet(spec, memory_efficient=memory_efficient)
+    # Allocates every parameter (all shapes are known). The values are placeholders
+    # the caller overwrites, and Zero draws from no random stream (MXNet's global
+    # one belongs to the user).
+    net.initialize(mx.init.Zero(), ctx=_context(device))
     if dtype != "float32":
         net.cast(dtype)
     if hybridize:
         net.hybridize()
+    return net
+
+
+@in_legacy_mode
+def build(spec: DenseNetSpec, *, device: str | None = None, seed: int = 0,
+          dtype: str = "float32", memory_efficient: bool = False,
+          hybridize: bool = False) -> DenseNet:
+    """A :class:`DenseNet` for ``spec`` holding the canonical seeded weights
+    ``init_params(spec, seed, dtype=dtype)`` (bit for bit the arrays every backend
+    gets), its parameters in ``dtype`` ("float32" or "float64", Gluon's
+    ``Block.cast``) on ``device`` ("cpu", "cuda", "cuda:N").
+
+    ``memory_efficient=True`` is accepted and computes the same numbers with the
+    same memory: MXNet 1.9 has no per-block recomputation (see
+    :class:`~densenet_multi.gluon.densenet.DenseLayer`). ``hybridize=True``
+    compiles the network to a cached graph (the same numbers in eval mode; in
+    train mode see :class:`~densenet_multi.gluon.layers.TwoPassBatchNorm`).
+    """
+    dtype = check_model_dtype(dtype)
+    net = _empty(spec, device, dtype, memory_efficient, hybridize)
+    load_canonical(net, init_params(spec, seed, dtype=dtype))
     return net
 
 
@@ -123,18 +163,13 @@ def _as_batch(net: DenseNet, x: Any) -> nd.NDArray:
 
 
 def _as_labels(net: DenseNet, labels: Any, n: int) -> nd.NDArray:
-    y = np.asarray(labels)
-    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
-        raise InputError(f"expected {n} integer labels of shape ({n},), got dtype {y.dtype} "
-                         f"and shape {y.shape}")
-    if n and (y.min() < 0 or y.max() >= net.spec.num_classes):
-        raise InputError(f"labels must lie in [0, {net.spec.num_classes}), got "
-                         f"[{y.min()}, {y.max()}]")
+    y = check_labels(labels, n, net.spec.num_classes)
     return nd.array(y, ctx=context_of(net), dtype=dtype_of(net))
 
 
-def _running_pairs(net: DenseNet) -> list[tuple[str, str, gluon.Parameter]]:
-    """(canonical name, 'mean'|'var', Gluon parameter) for every BN running statistic."""
+def _running_pairs(net: DenseNet) -> list[tuple[str, str, str, gluon.Parameter]]:
+    """(BN prefix, canonical name, 'running_mean'|'running_var', Gluon parameter) for
+    every BN running statistic."""
     out = []
     for ref in module_table(net.spec):
         if ref.kind != "bn":
@@ -142,70 +177,44 @@ def _running_pairs(net: DenseNet) -> list[tuple[str, str, gluon.Parameter]]:
         layer = resolve(net, ref.part)
         for info in ref.params:
             if not info.trainable:
-                out.append((info.name, info.attr, gluon_param(layer, ref, info.attr)))
+                out.append((ref.prefix, info.name, info.attr, gluon_param(layer, ref, info.attr)))
     return out
 
 
 def _running_snapshot(net: DenseNet) -> dict[str, np.ndarray]:
-    return {name: p.data().asnumpy().copy() for name, _, p in _running_pairs(net)}
-
-
-def _bn_counts(net: DenseNet, n: int, h: int, w: int) -> dict[str, int]:
-    """Values per channel each BN normalises over (N * H * W of its input), by canonical
-    running-variance name, from the spec's geometry."""
-    spec = net.spec
-    shapes = spec.stage_shapes(h, w)
-    stem = spec.stem_conv
-    counts = {}
-    for ref in module_table(spec):
-        if ref.kind != "bn":
-            continue
-        head = ref.part[0]
-        if head == "stem":  # norm0 sees the stem conv's output, before the max-pool
-            hw = stem.out_size(h) * stem.out_size(w)
-        else:
-            # a block's BNs, and the following transition's BN (before its pool), see the
-            # block's output size; norm5 the last block's (= the features stage)
-            stage = "features" if head == "norm5" else f"block{ref.part[1] + 1}"
-            _, sh, sw = shapes[stage]
-            hw = sh * sw
-        for info in ref.params:
-            if info.attr == "running_var":
-                counts[info.name] = n * hw
-    return counts
-
-
-def _pytorch_running_var(old: np.ndarray, new: np.ndarray, momentum: float,
-                         count: int) -> np.ndarray:
-    """Convert MXNet's running-variance update to PyTorch's (the canonical one).
-
-    MXNet: ``new = (1-m)*old + m*biased``; PyTorch: ``(1-m)*old + m*biased*c/(c-1)``
-    with ``c`` values per channel and ``m`` the spec's (PyTorch) momentum. Since
-    ``m*biased = new - (1-m)*old``, PyTorch's value is
-    ``new + (new - (1-m)*old) / (c-1)`` (computed in float64; ``c = 1`` is left
-    unscaled, as the reference does).
-    """
-    old64, new64 = old.astype(np.float64), new.astype(np.float64)
-    return new64 + (new64 - (1.0 - momentum) * old64) / max(count - 1, 1)
+    return {name: p.data().asnumpy() for _, name, _, p in _running_pairs(net)}
 
 
 def _canonical_running(net: DenseNet, before: dict[str, np.ndarray],
-                       counts: dict[str, int]) -> dict[str, np.ndarray]:
+                       batch_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
     """After a backward pass, every BN running statistic by canonical name in PyTorch's
-    convention: the means agree already, the variances are converted."""
+    convention: the means agree already, the variances (MXNet mixes in the biased
+    batch variance) are converted."""
+    n, _, h, w = batch_shape
+    counts = sample_counts(net.spec, n, h, w)
     out = {}
-    for name, attr, p in _running_pairs(net):
+    for prefix, name, attr, p in _running_pairs(net):
         value = p.data().asnumpy()
         if attr == "running_var":
-            value = _pytorch_running_var(before[name], value, net.spec.bn_momentum,
-                                         counts[name])
-        out[name] = value.astype(p.dtype, copy=True)
+            value = canonical_running_var(before[name], value, counts[prefix],
+                                          net.spec.bn_momentum)
+        out[name] = value
     return out
 
 
 def _write_running(net: DenseNet, values: dict[str, np.ndarray]) -> None:
-    for name, _, p in _running_pairs(net):
+    for _, name, _, p in _running_pairs(net):
         p.set_data(nd.array(values[name], ctx=p.list_ctx()[0], dtype=p.dtype))
+
+
+def _trainable(net: DenseNet) -> list[tuple[str, gluon.Parameter]]:
+    out = []
+    for ref in module_table(net.spec):
+        layer = resolve(net, ref.part)
+        for info in ref.params:
+            if info.trainable:
+                out.append((info.name, gluon_param(layer, ref, info.attr)))
+    return out
 
 
 def _mean_cross_entropy(logits: nd.NDArray, labels: nd.NDArray) -> nd.NDArray:
@@ -222,11 +231,10 @@ def run(net: DenseNet, x: Any, *, train: bool = False) -> ForwardOutput:
     statistics only in the backward pass and with the biased variance, one
     backward pass is run (gradient w.r.t. the input only, zero head gradient:
     no parameter or gradient buffer changes) and the running variances are then
-    converted to PyTorch's unbiased update (:func:`_pytorch_running_var`):
-    ``running`` holds the canonical statistics a PyTorch train-mode forward
-    would leave, ``extras["mxnet_running"]`` MXNet's own. The model's running
-    statistics are then put back: ``run`` never changes the model.
-    Bad input raises :class:`~densenet_multi.spec.InputError`.
+    converted to PyTorch's unbiased update: ``running`` holds the canonical
+    statistics a PyTorch train-mode forward would leave, ``extras["mxnet_running"]``
+    MXNet's own. The model's running statistics are then put back: ``run``
+    never changes the model. Bad input raises :class:`~densenet_multi.spec.InputError`.
     """
     xd = _as_batch(net, x)
     if not train:
@@ -236,26 +244,18 @@ def run(net: DenseNet, x: Any, *, train: bool = False) -> ForwardOutput:
         return ForwardOutput(logits=out["logits"], stages=out)
     before = _running_snapshot(net)
     xd.attach_grad()
-    with autograd.record(train_mode=True):
-        stages = net.forward_stages(xd)
-    logits = stages["logits"]
-    autograd.grad(logits, [xd], head_grads=nd.zeros_like(logits), train_mode=True)
-    native = _running_snapshot(net)
-    running = _canonical_running(net, before, _bn_counts(net, *xd.shape[:1], *xd.shape[2:]))
-    _write_running(net, before)
+    try:
+        with autograd.record(train_mode=True):
+            stages = net.forward_stages(xd)
+        logits = stages["logits"]
+        autograd.grad(logits, [xd], head_grads=nd.zeros_like(logits), train_mode=True)
+        native = _running_snapshot(net)
+        running = _canonical_running(net, before, xd.shape)
+    finally:
+        _write_running(net, before)
     out = {k: v.asnumpy() for k, v in stages.items()}
     return ForwardOutput(logits=out["logits"], stages=out, running=running,
                          extras={"mxnet_running": native})
-
-
-def _trainable(net: DenseNet) -> list[tuple[str, gluon.Parameter]]:
-    out = []
-    for ref in module_table(net.spec):
-        layer = resolve(net, ref.part)
-        for info in ref.params:
-            if info.trainable:
-                out.append((info.name, gluon_param(layer, ref, info.attr)))
-    return out
 
 
 @in_legacy_mode
@@ -310,8 +310,7 @@ def train_steps(net: DenseNet, batches: Iterable[tuple[Any, Any]], *, lr: float,
         with autograd.record(train_mode=True):
             loss = _mean_cross_entropy(net(xd), yd)
         loss.backward()
-        _write_running(net, _canonical_running(net, before,
-                                               _bn_counts(net, *xd.shape[:1], *xd.shape[2:])))
+        _write_running(net, _canonical_running(net, before, xd.shape))
         trainer.step(1)  # the loss is already a mean: no 1/batch_size rescaling
         losses.append(float(loss.asscalar()))
     return losses
@@ -319,16 +318,22 @@ def train_steps(net: DenseNet, batches: Iterable[tuple[Any, Any]], *, lr: float,
 
 # ---------------------------------------------------------------------- checkpoints
 def save_checkpoint(net: DenseNet, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write ``net`` as a canonical safetensors checkpoint (spec in the metadata), atomically."""
-    return checkpoint.save(path, export_canonical(net), net.spec, overwrite=overwrite)
+    """Write ``net`` as a canonical safetensors checkpoint (spec in the metadata),
+    atomically, in the network's dtype (float32, or float64 for a float64 network)."""
+    return checkpoint.save(path, export_canonical(net), net.spec, overwrite=overwrite,
+                           dtype=None)
 
 
 @in_legacy_mode
 def load_checkpoint(path: str | os.PathLike, spec: DenseNetSpec | None = None, *,
-                    device: str | None = None, hybridize: bool = False) -> DenseNet:
+                    device: str | None = None, dtype: str | None = None,
+                    memory_efficient: bool = False, hybridize: bool = False) -> DenseNet:
     """A network built from a canonical checkpoint (its stored spec, or ``spec``, which
-    must agree with it), with every parameter and running statistic loaded."""
+    must agree with it), in the file's dtype unless ``dtype`` is given, with every
+    parameter and running statistic loaded. A checkpoint loads into either mode."""
     params, spec = checkpoint.load(path, spec, dtype=None)
-    net = build(spec, device=device, hybridize=hybridize)
+    file_dtype = next(iter(params.values())).dtype
+    net = _empty(spec, device, file_dtype if dtype is None else dtype, memory_efficient,
+                 hybridize)
     load_canonical(net, params)
     return net
