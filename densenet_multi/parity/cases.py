@@ -26,11 +26,14 @@ import numpy as np
 from ..params import init_params
 from ..spec import DenseNetSpec, get_spec
 
-__all__ = ["CHECKS", "Case", "DEFAULT_CASES", "DEVICES", "get_cases", "make_inputs"]
+__all__ = ["CHECKS", "VALUE_CHECKS", "Case", "DEFAULT_CASES", "DEVICES", "get_cases", "make_inputs"]
 
 #: Every check, in the order the report lists them.
 #: ``device`` (GPU vs CPU) runs only for cases whose device is "cuda".
 CHECKS: tuple[str, ...] = ("shapes", "eval", "train", "grad", "trajectory", "copy", "device")
+#: The checks that compare computed values (with the reference, pairwise, GPU vs CPU), in that order.
+VALUE_CHECKS: tuple[str, ...] = tuple(c for c in CHECKS if c in ("eval", "train", "grad",
+                                                                 "trajectory"))
 
 #: What each check compares, for ``--help``, the report and docs/parity.md.
 CHECK_DOC: dict[str, str] = {
@@ -38,7 +41,8 @@ CHECK_DOC: dict[str, str] = {
     "eval": "eval-mode forward: every stage and the logits vs the float64 reference and pairwise",
     "train": "train-mode forward (batch statistics): every stage, then the updated running stats",
     "grad": "loss and its gradient w.r.t. every canonical parameter (depth order) and the input",
-    "trajectory": "K SGD-momentum steps: the K losses and the final trainable weights",
+    "trajectory": "K SGD-momentum steps on K different batches: the K losses and the final "
+                  "trainable weights",
     "copy": "canonical -> A -> canonical (and -> B -> canonical for every pair) is bit-exact",
     "device": "the same backend on the GPU vs on the CPU (TF32 off unless --allow-tf32)",
 }
@@ -143,14 +147,17 @@ class Case:
 #   is amplified past the tolerances *in any implementation* (the float32
 #   reference itself is 2.5e-5 off in train mode on densenet121 at batch 2).
 #   So: d2l batch 4, densenet121 batch 4, the CIFAR nets batch 8.
-# * in float64: forward, gradients, the SGD trajectory and copying, to 1e-10.
+# * in float64: forward, gradients, the SGD trajectory (K different seeded
+#   batches, one per step: make_inputs) and copying, to 1e-10.
 #   Gradients and trajectories are checked in float64 because in float32 they
 #   are not determined to the tolerance by the weights at all: a ReLU input
 #   within rounding of 0 switches its gradient term on or off, and the float64
 #   reference's own gradients move by 5e-3..1e-1 under a 1e-6 perturbation of
-#   its weights on these nets (docs/parity.md, "Conditioning"). In float64 the
-#   same probe moves them by ~1e-13, so the check sees any real bug. (float32
-#   gradients can still be requested: ``--cases d2l --checks grad``.)
+#   its weights on these nets (docs/parity.md, "Conditioning"). In float64 a
+#   1e-13 probe moves them by ~1e-13 (the trajectory with K different batches:
+#   at most 5e-13 on d2l, densenet40_k12 and densenet_bc_100_k12), so the check
+#   sees any real bug. (float32 gradients can still be requested:
+#   ``--cases d2l --checks grad``.)
 #
 # DenseNet-121's float64 case runs every check but the trajectory: measured on
 # the (shared) 2-core machine, Flax's jitted training step takes minutes to
@@ -208,15 +215,10 @@ def make_inputs(case: Case) -> dict[str, np.ndarray]:
     """Seeded inputs: ``x`` (N, C, H, W), integer ``labels`` (N,), and for the
     trajectory check ``traj_x`` (K, N, C, H, W) and ``traj_labels`` (K, N).
 
-    The trajectory's K batches are one batch repeated (fitting one batch, the
-    loss goes down). With K *different* random batches at lr 0.05 and momentum
-    0.9 the loss goes up, and by the third step the float64
-    reference itself, started from weights perturbed by 1e-6 of their size,
-    ends 3e-4 away (measured on d2l@96 and densenet40_k12@32): a ReLU input that
-    rounding puts on the other side of 0 switches a gradient term on or off, and
-    the diverging steps amplify it. No implementation could be held to the
-    trajectory tolerance there. The harness still measures that conditioning
-    for every case (see runner.write_reference).
+    The trajectory's K batches are K *different* seeded batches, one per step,
+    so that a backend that reuses its first batch, or ignores later ones, fails
+    the check. (Measured with the NumPy reference at ``backend.SGD_DEFAULTS``:
+    see docs/parity.md, "Trajectory batches".)
     """
     spec = case.build_spec()
     h, w = case.input_size
@@ -226,11 +228,9 @@ def make_inputs(case: Case) -> dict[str, np.ndarray]:
     shape = (n, spec.in_channels, h, w)
     x = rng.standard_normal(shape).astype(case.dtype)
     labels = rng.integers(0, spec.num_classes, size=n).astype(np.int64)
-    tx = rng.standard_normal(shape).astype(case.dtype)
-    tl = rng.integers(0, spec.num_classes, size=n).astype(np.int64)
-    return {
-        "x": x,
-        "labels": labels,
-        "traj_x": np.ascontiguousarray(np.broadcast_to(tx, (k, *shape))),
-        "traj_labels": np.ascontiguousarray(np.broadcast_to(tl, (k, n))),
-    }
+    traj_x = np.empty((k, *shape), dtype=case.dtype)
+    traj_labels = np.empty((k, n), dtype=np.int64)
+    for i in range(k):
+        traj_x[i] = rng.standard_normal(shape)
+        traj_labels[i] = rng.integers(0, spec.num_classes, size=n)
+    return {"x": x, "labels": labels, "traj_x": traj_x, "traj_labels": traj_labels}

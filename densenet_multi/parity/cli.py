@@ -6,6 +6,7 @@ Examples::
     densenet-multi parity --backends torch,gluon --cases d2l
     densenet-multi parity --device cuda                 # also GPU vs CPU (torch, flax)
     densenet-multi parity --python torch=/opt/venv/bin/python --require-all
+    densenet-multi parity --baseline parity/baseline/report.json   # the default, when present
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..backend import BACKENDS
 from ..spec import InputError, SpecError
+from .baseline import DEFAULT_BASELINE, load_baseline
 from .cases import CHECK_DOC, CHECKS, DEFAULT_CASES, get_cases, load_case_file, normalize_device
-from .runner import DEFAULT_TIMEOUT_S, parse_backends, parse_pythons, run_parity
+from .runfolder import RunFolder
+from .runner import DEFAULT_TIMEOUT_S, find_project_root, parse_backends, parse_pythons, run_parity
 
 EXIT_USAGE = 2
 
@@ -51,16 +55,75 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--python", action="append", default=[], metavar="NAME=PATH",
                    help="interpreter for a backend (default: .tox/<env>/bin/python; or env var "
                         "DENSENET_MULTI_PYTHON_<NAME>)")
-    p.add_argument("--out", default="parity-runs/latest", help="run folder (default: %(default)s)")
+    p.add_argument("--out", default="parity/runs/latest", help="run folder (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
                    help="seconds per worker (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=1,
                    help="workers to run at a time (default: %(default)s)")
     p.add_argument("--require-all", action="store_true",
-                   help="exit non-zero if a backend is missing or a check unsupported")
+                   help="pass only if every requested item was decided and passed: a missing "
+                        "backend, an unsupported or skipped check, an ill-conditioned, unpaired "
+                        "or not available item, or a regression against the baseline fails")
+    p.add_argument("--baseline", metavar="PATH",
+                   help=f"compare every item's error with the same item's in this earlier run's "
+                        f"report.json (default: {DEFAULT_BASELINE} when it exists)")
+    p.add_argument("--no-baseline", action="store_true", help="no baseline comparison")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--list", action="store_true", help="list the shipped cases and exit")
     return p
+
+
+def _cases(args: argparse.Namespace) -> list:
+    """The cases to run: shipped or from --case-file, with the command line's changes."""
+    cases = load_case_file(args.case_file) if args.case_file else get_cases(
+        [c for c in args.cases.split(",") if c])
+    changes: dict = {f: getattr(args, f) for f in ("batch", "seed", "steps", "dtype")
+                     if getattr(args, f) is not None}
+    if args.input_size:
+        changes["input_size"] = tuple(args.input_size)
+    if args.checks:
+        changes["checks"] = tuple(c for c in args.checks.split(",") if c)
+    if args.device:
+        changes["device"] = normalize_device(args.device)
+    cases = [c.with_(**changes) for c in cases] if changes else cases
+    if args.device and normalize_device(args.device) == "cuda":
+        cases = [c.with_(checks=tuple(dict.fromkeys((*c.checks, "device")))) for c in cases]
+    return cases
+
+
+def _baseline_path(args: argparse.Namespace) -> Path | None:
+    """--baseline PATH; by default the committed baseline when there is one; --no-baseline: none."""
+    if args.no_baseline:
+        return None
+    if args.baseline:
+        return Path(args.baseline)
+    root = find_project_root()
+    for base in (Path.cwd(), root):
+        if base is not None and (base / DEFAULT_BASELINE).is_file():
+            return base / DEFAULT_BASELINE
+    return None
+
+
+def _run(args: argparse.Namespace, cases: list, backends: list, pythons: dict, console) -> Any:
+    kw = dict(pythons=pythons, allow_tf32=args.allow_tf32, timeout=args.timeout, jobs=args.jobs)
+    if args.no_progress:
+        return run_parity(cases, backends, Path(args.out), **kw)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        return run_parity(cases, backends, Path(args.out), progress=progress, **kw)
+
+
+def _against_baseline(baseline: dict | None, report: dict, cases: list, backends: list) -> Any:
+    """This run's report compared with the ``baseline`` report (None: no comparison)."""
+    if baseline is None:
+        return None
+    from .baseline import compare_with_baseline
+
+    return compare_with_baseline(report, baseline, cases=[c.name for c in cases],
+                                 checks={k for c in cases for k in c.checks}, backends=backends)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,61 +136,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print(f"{c.describe()}; checks {', '.join(c.checks)}; K={c.steps}")
         return 0
     try:
-        cases = load_case_file(args.case_file) if args.case_file else get_cases(
-            [c for c in args.cases.split(",") if c])
-        changes: dict = {}
-        for f in ("batch", "seed", "steps", "dtype"):
-            if getattr(args, f) is not None:
-                changes[f] = getattr(args, f)
-        if args.input_size:
-            changes["input_size"] = tuple(args.input_size)
-        if args.checks:
-            changes["checks"] = tuple(c for c in args.checks.split(",") if c)
-        if args.device:
-            changes["device"] = normalize_device(args.device)
-        if changes:
-            cases = [c.with_(**changes) for c in cases]
-        if args.device and normalize_device(args.device) == "cuda":
-            cases = [c.with_(checks=tuple(dict.fromkeys((*c.checks, "device")))) for c in cases]
+        cases = _cases(args)
         backends = parse_backends([args.backends])
         pythons = parse_pythons(args.python)
+        baseline_path = _baseline_path(args)
+        # a broken baseline is a usage error, found before any work
+        baseline = None if baseline_path is None else load_baseline(baseline_path)
     except (ValueError, SpecError, InputError, OSError) as e:
         console.print(f"densenet-multi parity: error: {e}", style="red", markup=False)
         return EXIT_USAGE
-
     t0 = time.perf_counter()
-    out = Path(args.out)
-    if args.no_progress:
-        result = run_parity(cases, backends, out, pythons=pythons, allow_tf32=args.allow_tf32,
-                            timeout=args.timeout, jobs=args.jobs)
-    else:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        with Progress(TextColumn("{task.description}"), BarColumn(),
-                      TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                      console=console, transient=False) as progress:
-            result = run_parity(cases, backends, out, pythons=pythons,
-                                allow_tf32=args.allow_tf32, timeout=args.timeout,
-                                progress=progress, jobs=args.jobs)
+    result = _run(args, cases, backends, pythons, console)
     from .compare import compare_run
-    from .report import exit_status, render_terminal, write_reports
+    from .report import exit_status, render_terminal, report_data, write_reports
 
     ccs = compare_run(result)
-    code = exit_status(ccs, result.outcomes, require_all=args.require_all)
-    seconds = time.perf_counter() - t0
     names = [b.name for b in backends]
+    cmp = _against_baseline(baseline, report_data(ccs, names, result.outcomes), cases, names)
+    code = exit_status(ccs, result.outcomes, require_all=args.require_all, baseline=cmp)
+    seconds = time.perf_counter() - t0
     write_reports(result.run_dir, ccs, names, result.outcomes, pythons=result.pythons,
-                  seconds=seconds, code=code, argv=argv)
-    _drop_copy_files(result.run_dir)
+                  seconds=seconds, code=code, argv=argv, require_all=args.require_all,
+                  baseline=cmp, baseline_source=None if baseline_path is None
+                  else str(baseline_path))
+    RunFolder(result.run_dir).drop_copies()
     render_terminal(ccs, names, result.outcomes, console=console, seconds=seconds,
-                    run_dir=result.run_dir, code=code)
+                    run_dir=result.run_dir, code=code, baseline=cmp)
     return code
-
-
-def _drop_copy_files(run_dir: Path) -> None:
-    """The second-phase copies are compared already; they'd be most of the folder's size."""
-    for f in run_dir.glob("*/*/copy_from_*.npz"):
-        f.unlink()
 
 
 if __name__ == "__main__":  # pragma: no cover

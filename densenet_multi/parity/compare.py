@@ -2,41 +2,52 @@
 
 Every number here comes from :mod:`densenet_multi.testing`: the error of a
 tensor is ``max|actual - expected| / max|expected|`` and its tolerance is
-``testing.tolerance(check, dtype)`` -- one table, no second one here.
+``testing.tolerance(check, dtype)``: one table, no second one here. Any NaN
+or inf in a compared tensor is FAIL (also NaN against NaN).
 
-Items are compared in network order, so that the first failing item is where
-a bug *starts* (everything after it inherits the error):
+**Completeness.** The items of a check come from the spec (:func:`entries`),
+never from what a result happens to contain:
 
-* ``shapes``, ``eval``, ``train``: ``spec.stage_names`` (stem, block1,
-  transition1, ..., features, pooled, logits); ``train`` then the updated
-  running statistics in ``params.param_table`` order (``running`` tolerance);
-* ``grad``: the loss, the parameters in ``param_table`` order (network depth),
-  then the input;
-* ``trajectory``: the K losses, then the final trainable weights;
+* ``eval``, ``train``: ``spec.stage_names`` (stem, block1, transition1, ...,
+  features, pooled, logits), ``ForwardOutput.logits``; ``train`` then the
+  updated running statistics in ``params.param_table`` order (``running``
+  tolerance);
+* ``grad``: the loss, every trainable parameter in ``param_table`` order
+  (network depth), the input;
+* ``trajectory``: the K losses, then every final trainable weight;
 * ``copy``: every canonical tensor, bit for bit (tolerance 0, dtype included).
 
-The reference (float64, computed by the harness) covers shapes, eval, train
-and running statistics, and -- through :mod:`densenet_multi.reference_grad`,
-the same network code run on a tape -- the gradients and the K-step
-trajectory (a case can leave the last two out: ``Case.reference``; then only
-the loss is referenced). Every pair of backends is compared as well, so that
-two backends that agree with each other but not with the reference, or a
-check without a reference, still show.
+An item missing from the compared result is FAIL; one missing from the
+reference or from a pair's second backend is an ``error`` that names it; an
+item outside the spec's list is FAIL ("unexpected"); a comparison of zero
+items is an ``error``, never ``pass``; a missing reference file is an
+``error`` for every check that needs it. Items are compared in network order,
+so that the first failing item is where a bug *starts*.
 
-One documented exception to "relative to its own magnitude": the gradient of
-a **convolution bias** is exactly zero in a DenseNet trained with batch
-statistics (every conv output only ever reaches BatchNorms, and a BN in train
-mode subtracts any per-channel constant), so what a backend computes there is
-pure rounding noise, and noise relative to noise is meaningless. It is measured
-relative to the magnitude of the gradient of that convolution's *kernel*
-(the same module), the scale its rounding error comes from; the tolerance is
-the same ``grad`` one.
+The reference covers eval, train and running statistics always, and the
+gradients and the K-step trajectory when the case lists them in
+``Case.reference`` (otherwise only the loss; the cell is then ``unpaired``
+unless another backend's values were compared with it). Every pair of
+backends is compared as well.
+
+**Convolution biases.** The gradient of a convolution bias is exactly zero in
+a DenseNet trained with batch statistics (every conv output reaches only
+BatchNorms, and a BN in train mode removes any per-channel constant), so what
+a backend computes there is rounding noise, and noise relative to noise is
+meaningless. Its error is measured relative to the magnitude of the gradient
+of the same convolution's *kernel* (the scale its rounding error comes from),
+with the same ``grad`` tolerance; so is the conditioning probe's spread of
+that item (see :func:`mark_ill`): error and spread are on one scale.
+
+**ill-conditioned.** See :func:`mark_ill`: a gradient or trajectory item
+beyond its tolerance is ``ill-conditioned`` only where the reference itself
+moves beyond the tolerance under the conditioning probe *and* the error is
+within :data:`ILL_FACTOR` times that spread; otherwise it is FAIL.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations, permutations
 from pathlib import Path
@@ -46,42 +57,42 @@ import numpy as np
 
 from ..params import module_table, param_table
 from ..spec import DenseNetSpec
-from ..testing import Comparison, compare, tolerance
-from .cases import CHECKS, Case
-from .worker import SEP
-
-PROBE_NOTE = ("1e-6 of their size (about the float32 backends' distance from the reference; "
-              "the input too, for gradients)")
+from ..testing import compare, tolerance
+from .cases import CHECKS, VALUE_CHECKS, Case
+from .runfolder import CaseFolder, key, kinds, select
+from .status import Status, worst
 
 __all__ = [
+    "ILL_FACTOR",
+    "CaseComparison",
     "Cell",
+    "Entry",
     "Item",
-    "PASS",
-    "FAIL",
-    "compare_run",
+    "compare_case",
+    "compare_entries",
+    "compare_exact",
     "compare_items",
+    "compare_run",
+    "entries",
+    "mark_ill",
+    "status_of",
 ]
 
-PASS, FAIL, ERROR, UNSUPPORTED = "pass", "FAIL", "error", "unsupported"
-MISSING, CRASHED, TIMEOUT, NOT_AVAILABLE = "missing", "crashed", "timeout", "not available"
-SKIPPED, UNPAIRED, NA = "skipped", "unpaired", "n/a"
-#: a gradient or trajectory item that fails where the reference itself, started
-#: from weights perturbed by runner.PROBE_REL, moves further than the tolerance
-ILL = "ill-conditioned"
-#: statuses that make the run fail whatever the flags
-FAILING = (FAIL, ERROR, CRASHED, TIMEOUT)
-#: statuses that make the run fail only with --require-all
-INCOMPLETE = (MISSING, UNSUPPORTED)
-_RANK = {PASS: 0, NA: 0, SKIPPED: 0, UNPAIRED: 1, ILL: 1, NOT_AVAILABLE: 1, MISSING: 2, UNSUPPORTED: 2,
-         TIMEOUT: 3, CRASHED: 3, ERROR: 3, FAIL: 4}
+PASS, FAIL, ERROR, ILL, NA = Status.PASS, Status.FAIL, Status.ERROR, Status.ILL, Status.NA
+#: An item is ``ill-conditioned`` (not FAIL) only if its error is at most this many
+#: times the reference's own spread under the conditioning probe.
+ILL_FACTOR = 10.0
+REFERENCE = "the reference"
+LOGITS_LABEL = "logits (ForwardOutput.logits)"
 
 
+# ---------------------------------------------------------------------- items and cells
 @dataclass
 class Item:
     """One tensor compared: a stage, a parameter, a running statistic, a loss."""
 
     item: str
-    status: str
+    status: Status | str
     max_abs: float | None = None
     scale: float | None = None
     rel: float | None = None
@@ -89,11 +100,8 @@ class Item:
     actual_shape: list[int] | None = None
     expected_shape: list[int] | None = None
     note: str = ""
-
-    @classmethod
-    def from_comparison(cls, c: Comparison, note: str = "") -> Item:
-        return cls(c.name, PASS if c.ok else FAIL, _f(c.max_abs), _f(c.scale), _f(c.rel),
-                   c.tol, list(c.actual_shape), list(c.expected_shape), note)
+    #: the conditioning probe's spread of this item, on the scale of ``rel`` (grad, trajectory)
+    spread: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -104,14 +112,16 @@ class Item:
         if self.actual_shape != self.expected_shape and self.expected_shape is not None:
             return f"{self.item}: shape {tuple(self.actual_shape or ())} != " \
                    f"{tuple(self.expected_shape)}"
-        return f"{self.item}: max abs {_g(self.max_abs)}, rel {_g(self.rel)} (tol {_g(self.tol)})"
+        text = f"{self.item}: max abs {_g(self.max_abs)}, rel {_g(self.rel)} (tol {_g(self.tol)})"
+        return f"{text}; {self.note}" if self.note and self.status != PASS else text
 
 
 def _f(v: Any) -> float | None:
+    """A finite float, or None."""
     if v is None:
         return None
     v = float(v)
-    return v if np.isfinite(v) else (float("inf") if v > 0 else None)
+    return v if np.isfinite(v) else None
 
 
 def _g(v: float | None) -> str:
@@ -124,17 +134,26 @@ class Cell:
 
     ``subject`` is a backend (``torch``), a pair (``torch~flax``) or a copy
     chain (``torch->flax``); ``against`` what it was compared with
-    (``reference``, ``spec``, ``canonical``, another backend, ``cpu``).
+    (``reference``, ``spec``, ``canonical``, the pair's second backend, ``cpu``).
     """
 
     case: str
     check: str
     subject: str
     against: str
-    status: str
+    status: Status | str
     items: list[Item] = field(default_factory=list)
     message: str = ""
     detail: str = ""  # error tail / traceback
+
+    @property
+    def members(self) -> list[str]:
+        """The backends of the subject."""
+        return self.subject.replace("->", "~").split("~")
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.members) > 1
 
     @property
     def first_fail(self) -> Item | None:
@@ -162,125 +181,209 @@ class Cell:
         }
 
 
-def _status_of(items: Sequence[Item]) -> str:
-    return worst_status([PASS, *(i.status for i in items)])
+def status_of(items: Sequence[Item]) -> Status | str:
+    """The worst status of ``items``; ``error`` when there are none (nothing compared is
+    never a pass)."""
+    return worst([PASS, *(i.status for i in items)]) if items else ERROR
 
 
-def worst_status(statuses: Iterable[str]) -> str:
-    s = list(statuses)
-    return max(s, key=lambda x: _RANK.get(x, 0)) if s else NA
+# ---------------------------------------------------------------------- what is compared
+@dataclass(frozen=True)
+class Entry:
+    """One item the spec says a check has: its result key is ``key(check, kind, name)``."""
+
+    kind: str  # stage, output, running, param, value
+    name: str
+    tol: str  # the tolerance row: eval, train, running, grad, trajectory
+
+    @property
+    def label(self) -> str:
+        return LOGITS_LABEL if self.kind == "output" else self.name
 
 
-# ---------------------------------------------------------------------- primitives
-def compare_items(
-    actual: dict[str, np.ndarray],
-    expected: dict[str, np.ndarray],
-    order: Sequence[str],
-    check: str,
-    dtype: str,
-    *,
-    label: dict[str, str] | None = None,
-    scales: dict[str, float] | None = None,
-) -> list[Item]:
-    """Compare ``actual[k]`` with ``expected[k]`` for every ``k`` in ``order``,
-    plus items present on one side only (reported as failures)."""
+def entries(spec: DenseNetSpec, check: str) -> list[Entry]:
+    """Every item of ``check`` for ``spec``, in network order: the one list of what is compared."""
+    table = param_table(spec)
+    trainable = [Entry("param", p.name, check) for p in table if p.trainable]
+    if check in ("eval", "train"):
+        out = [Entry("stage", s, check) for s in spec.stage_names]
+        out.append(Entry("output", "logits", check))
+        if check == "train":
+            out += [Entry("running", p.name, "running") for p in table if not p.trainable]
+        return out
+    if check == "grad":
+        return [Entry("value", "loss", check), *trainable, Entry("value", "input", check)]
+    if check == "trajectory":
+        return [Entry("value", "losses", check), *trainable]
+    raise ValueError(f"check {check!r} has no value items")
+
+
+def _numeric(a: np.ndarray) -> bool:
+    return np.issubdtype(a.dtype, np.number) and a.dtype != bool
+
+
+def _item(name: str, actual: Any, expected: Any, tol: float, sides: tuple[str, str],
+          floor: float | None = None) -> Item:
+    """Compare one tensor; ``floor``: a scale the error is measured against at least
+    (a conv bias gradient: its kernel gradient's magnitude)."""
+    if expected is None:
+        return Item(name, ERROR, tol=tol, note=f"missing from {sides[1]}")
+    if actual is None:
+        return Item(name, FAIL, tol=tol, note=f"missing from {sides[0]}")
+    a, e = np.asarray(actual), np.asarray(expected)
+    for arr, side, st in ((e, sides[1], ERROR), (a, sides[0], FAIL)):
+        if not _numeric(arr):
+            return Item(name, st, tol=tol, note=f"dtype {arr.dtype} in {side} is not a number")
+    c = compare(name, a, e, tol)
+    scale, rel, note = c.scale, c.rel, ""
+    if c.nonfinite:
+        side = {"actual": sides[0], "expected": sides[1]}
+        note = "NaN or inf in " + " and ".join(side[s] for s in c.nonfinite.split(" and "))
+    elif floor is not None and c.shape_ok:
+        scale = max(c.scale, floor)
+        rel = c.max_abs / scale if scale > 0 else c.max_abs
+        note = f"relative to the kernel gradient's magnitude {scale:.3g} (bias gradient is 0)"
+    ok = c.shape_ok and not c.nonfinite and bool(np.isfinite(rel)) and rel <= tol
+    return Item(name, PASS if ok else FAIL, _f(c.max_abs), _f(scale), _f(rel), tol,
+                list(c.actual_shape), list(c.expected_shape), note)
+
+
+def compare_items(actual: Mapping[str, Any], expected: Mapping[str, Any], order: Sequence[str],
+                  check: str, dtype: str, *, scales: Mapping[str, float] | None = None,
+                  sides: tuple[str, str] = ("the backend's output", REFERENCE)) -> list[Item]:
+    """Compare ``actual[k]`` with ``expected[k]`` for every ``k`` in ``order``; then every key
+    of ``actual`` outside ``order`` (FAIL: unexpected)."""
     tol = tolerance(check, dtype)
-    out: list[Item] = []
-    for k in order:
-        name = (label or {}).get(k, k)
-        if expected.get(k) is None:
-            continue
-        if actual.get(k) is None:
-            out.append(Item(name, FAIL, note="missing from the backend's output"))
-            continue
-        a, e = np.asarray(actual[k]), np.asarray(expected[k])
-        if not np.issubdtype(a.dtype, np.number) or a.dtype == bool:
-            out.append(Item(name, FAIL, note=f"dtype {a.dtype} is not a number"))
-            continue
-        c = compare(name, a, e, tol)
-        note = ""
-        if scales and k in scales and c.shape_ok:
-            scale = max(c.scale, scales[k])
-            rel = c.max_abs / scale if scale > 0 else c.max_abs
-            note = f"relative to the kernel gradient's magnitude {scale:.3g} (bias gradient is 0)"
-            c = Comparison(c.name, True, c.actual_shape, c.expected_shape, c.max_abs, scale, rel,
-                           tol)
-        out.append(Item.from_comparison(c, note))
-    extra = [k for k in actual if k not in expected and k not in order and actual[k] is not None]
-    for k in extra:
-        out.append(Item((label or {}).get(k, k), FAIL, note="unexpected in the backend's output"))
+    out = [_item(k, actual.get(k), expected.get(k), tol, sides, (scales or {}).get(k))
+           for k in order]
+    out += [Item(k, FAIL, tol=tol, note=f"unexpected in {sides[0]}")
+            for k, v in actual.items() if k not in order and v is not None]
     return out
 
 
-def compare_exact(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray],
+def compare_entries(A: Mapping[str, np.ndarray], B: Mapping[str, np.ndarray], check: str,
+                    ents: Sequence[Entry], dtype: str, *, sides: tuple[str, str],
+                    scales: Mapping[str, float] | None = None, full: Sequence[Entry] = (),
+                    tol: str | None = None, prefix: str = "") -> list[Item]:
+    """Results ``A`` against ``B`` (run-folder arrays) on ``ents`` of ``check``; then, if
+    ``full`` is given, every item of ``check`` in ``A`` that is not in ``full`` (FAIL)."""
+    items = []
+    for e in ents:
+        k = key(check, e.kind, e.name)
+        floor = (scales or {}).get(e.name) if e.kind == "param" else None
+        items.append(_item(prefix + e.label, A.get(k), B.get(k),
+                           tolerance(tol or e.tol, dtype), sides, floor))
+    known = {(e.kind, e.name) for e in full}
+    extra = sorted(kinds(A, check) - known) if full else []
+    items += [Item(f"{prefix}{kind} {name}", FAIL, note=f"unexpected in {sides[0]}")
+              for kind, name in extra]
+    return items
+
+
+def compare_exact(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray],
                   order: Sequence[str], dtype: str) -> list[Item]:
     """Bit-exact comparison (the ``copy`` check): keys, shapes, dtype and every bit."""
-    items = compare_items(actual, expected, order, "copy", dtype)
+    items = compare_items(actual, expected, order, "copy", dtype, sides=("the export",
+                                                                         "the canonical weights"))
     for it in items:
         a = actual.get(it.item)
-        if a is not None and it.status == PASS and np.asarray(a).dtype != np.dtype(dtype):
+        if a is None or it.status != PASS:
+            continue
+        if np.asarray(a).dtype != np.dtype(dtype):
             it.status, it.note = FAIL, f"dtype {np.asarray(a).dtype}, expected {dtype}"
-        elif a is not None and it.status == PASS and not np.array_equal(
-                np.asarray(a).view(np.uint8), np.asarray(expected[it.item]).view(np.uint8)):
+        elif not np.array_equal(np.asarray(a).view(np.uint8),
+                                np.asarray(expected[it.item]).view(np.uint8)):
             it.status, it.note = FAIL, "values equal but bits differ (e.g. -0.0 vs 0.0)"
     return items
 
 
+def bias_scales(spec: DenseNetSpec, arrays: Mapping[str, np.ndarray], check: str = "grad"
+                ) -> dict[str, float]:
+    """Conv bias -> max |gradient of the same conv's kernel| in ``arrays`` (module docstring)."""
+    grads = select(arrays, check, "param")
+    out = {}
+    for m in module_table(spec):
+        if m.kind == "conv" and len(m.params) > 1 and m.params[0].name in grads:
+            g = np.asarray(grads[m.params[0].name], dtype=np.float64)
+            out[m.params[1].name] = float(np.max(np.abs(g))) if g.size else 0.0
+    return out
+
+
+def mark_ill(items: Sequence[Item], ref: Mapping[str, np.ndarray] | None, check: str) -> None:
+    """Relabel a FAIL item ``ill-conditioned`` when the reference cannot be held to the
+    tolerance there either, and the error is within ILL_FACTOR of how far it moves.
+
+    The reference stores, per item, ``max|probe - reference|`` (oracle.py): how far
+    it moves itself when started from weights perturbed by ``<check>::probe::rel``
+    of their size. Divided by the item's own scale (the one its error was divided
+    by, the kernel gradient's for a conv bias) that is the item's *spread*, recorded
+    on the item. A FAIL item becomes ``ill-conditioned`` only if its spread exceeds
+    the tolerance and its error is at most ``ILL_FACTOR`` times the spread; a larger
+    error is FAIL whatever the spread (a 1000% error is a bug, not conditioning).
+    """
+    if ref is None:
+        return
+    spread = select(ref, check, "spread")
+    probe = select(ref, check, "probe").get("rel")
+    for it in items:
+        sp = spread.get(it.item)
+        if sp is None or it.scale is None:
+            continue
+        it.spread = float(sp) / it.scale if it.scale > 0 else float(sp)
+        if it.status != FAIL or it.rel is None or it.tol is None or it.spread <= it.tol:
+            continue
+        size = f"{float(probe):g}" if probe is not None else "an unknown fraction"
+        why = (f"the reference itself moves {it.spread:.2g} (rel) when started from weights "
+               f"perturbed by {size} of their size")
+        if it.rel <= ILL_FACTOR * it.spread:
+            it.status, it.note = ILL, f"{why}; the error is within {ILL_FACTOR:g}x of that"
+        else:
+            it.note = f"{why}, but the error is {it.rel / it.spread:.3g}x that " \
+                      f"(more than {ILL_FACTOR:g}x): FAIL"
+
+
 # ---------------------------------------------------------------------- loading results
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    if not path.exists():
-        return {}
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files}
-
-
-def _sub(arrays: dict[str, np.ndarray], *prefix: str) -> dict[str, np.ndarray]:
-    p = SEP.join(prefix) + SEP
-    return {k[len(p):]: v for k, v in arrays.items() if k.startswith(p)}
-
-
 @dataclass
 class BackendCase:
     """What one backend's worker produced for one case on one device."""
 
-    status: str  # ok, missing, crashed, timeout, not run
+    status: Status | str  # PASS when the worker wrote a result
     reason: str = ""
     detail: str = ""
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
 
-    def check_status(self, check: str) -> tuple[str, str, str]:
+    def check_status(self, check: str) -> tuple[Status | str, str, str]:
         """(status, message, traceback) of ``check`` in the worker."""
-        if self.status != "ok":
+        if self.status != PASS:
             return self.status, self.reason, self.detail
         c = self.checks.get(check)
         if c is None:
-            return SKIPPED, "not run", ""
-        st = {"done": PASS, "unsupported": UNSUPPORTED, "error": ERROR,
-              "not available": NOT_AVAILABLE}.get(c["status"], ERROR)
+            return Status.SKIPPED, "requested but not run by the worker", ""
+        st = {"done": PASS, "unsupported": Status.UNSUPPORTED, "error": ERROR,
+              "not available": Status.NOT_AVAILABLE}.get(c["status"], ERROR)
         return st, c.get("error", ""), c.get("traceback", "")
 
 
-def load_backend_case(case_dir: Path, backend: str, device: str, outcome: Any) -> BackendCase:
-    d = case_dir / backend
-    js = d / f"{device}.json"
+def load_backend_case(folder: CaseFolder, backend: str, device: str, outcome: Any
+                      ) -> BackendCase:
     if outcome is not None and outcome.status == "missing":
-        return BackendCase(MISSING, outcome.reason)
-    if not js.exists():
+        return BackendCase(Status.MISSING, outcome.reason)
+    found = folder.read_result(backend, device)
+    if found is None:
         if outcome is None:
-            return BackendCase("not run", "no worker ran")
-        status = {"timeout": TIMEOUT}.get(outcome.status, CRASHED)
+            return BackendCase(ERROR, "no worker ran for this backend")
+        status = Status.TIMEOUT if outcome.status == "timeout" else Status.CRASHED
         reason = outcome.reason or "the worker wrote no result for this case"
         if outcome.status == "ok":
             reason = "the worker finished without a result for this case"
         return BackendCase(status, reason, outcome.log_tail)
-    report = json.loads(js.read_text())
-    return BackendCase("ok", checks=report.get("checks", {}),
-                       arrays=_load_npz(d / f"{device}.npz"), report=report)
+    report, arrays = found
+    return BackendCase(PASS, checks=report.get("checks", {}), arrays=arrays, report=report)
 
 
-# ---------------------------------------------------------------------- the comparison
+# ---------------------------------------------------------------------- one case
 @dataclass
 class CaseComparison:
     case: Case
@@ -290,255 +393,237 @@ class CaseComparison:
     versions: dict[str, dict[str, str]]
 
 
-def _grad_scales(spec: DenseNetSpec, grads: dict[str, np.ndarray]) -> dict[str, float]:
-    """Conv bias -> max |gradient of the same conv's kernel| (see the module docstring)."""
-    out = {}
-    for m in module_table(spec):
-        if m.kind == "conv" and len(m.params) > 1:
-            w, b = m.params[0].name, m.params[1].name
-            if w in grads:
-                out[b] = float(np.max(np.abs(np.asarray(grads[w], dtype=np.float64))))
-    return out
+@dataclass
+class _Job:
+    """What the parts of one case's comparison share."""
 
+    case: Case
+    folder: CaseFolder
+    backends: list[str]
+    outcomes: Mapping[str, Mapping[str, Any]]
+    res: dict[str, BackendCase]
+    ref: dict[str, np.ndarray] | None
+    cells: list[Cell] = field(default_factory=list)
+    #: reference cells that cover the loss only (grad, trajectory without Case.reference)
+    partial: list[Cell] = field(default_factory=list)
 
-def compare_case(case: Case, case_dir: Path, backends: Sequence[str],
-                 outcomes: dict[str, dict[str, Any]]) -> CaseComparison:
-    spec = case.build_spec()
-    dt = case.dtype
-    stage_order = list(spec.stage_names)
-    ptable = param_table(spec)
-    porder = [p.name for p in ptable]
-    running_order = [p.name for p in ptable if not p.trainable]
-    trainable_order = [p.name for p in ptable if p.trainable]
-    ref = _load_npz(case_dir / "reference.npz")
-    spread = _sub(ref, "trajectory", "spread")
-    gspread = _sub(ref, "grad", "spread")
-    from .. import checkpoint
+    def __post_init__(self) -> None:
+        self.spec = self.case.build_spec()
+        self.dtype = self.case.dtype
 
-    canonical, _ = checkpoint.load(case_dir / "weights.safetensors", spec, dtype=dt)
-    res = {b: load_backend_case(case_dir, b, "cpu", outcomes.get(b, {}).get("main"))
-           for b in backends}
-    cells: list[Cell] = []
-    notes = {b: list(r.report.get("notes", [])) for b, r in res.items()}
-    versions = {b: r.report.get("versions", {}) for b, r in res.items()}
-
-    def cell(check: str, subject: str, against: str, status: str, items=(), message="",
-             detail="") -> Cell:
-        c = Cell(case.name, check, subject, against, status, list(items), message, detail)
-        cells.append(c)
+    def add(self, check: str, subject: str, against: str, status: Status | str | None = None,
+            items: Sequence[Item] = (), message: str = "", detail: str = "") -> Cell:
+        """A cell; its status is its items' unless given (none compared: error)."""
+        if status is None:
+            status = status_of(items)
+            if not items:
+                message = message or "no item was compared"
+        c = Cell(self.case.name, check, subject, against, status, list(items), message, detail)
+        self.cells.append(c)
         return c
 
-    def gate(b: str, check: str, against: str) -> bool:
-        """Emit the cell for a check that did not produce data; True if it did."""
-        if not case.has(check):
-            cell(check, b, against, SKIPPED, message="not in this case's checks")
-            return False
-        st, msg, tb = res[b].check_status(check)
+    def produced(self, b: str, check: str, against: str) -> bool:
+        """True if ``b`` produced ``check`` (and, against the reference, there is one);
+        else adds the cell that says why not."""
+        st, msg, tb = self.res[b].check_status(check)
         if st != PASS:
-            cell(check, b, against, st, message=msg, detail=tb)
+            self.add(check, b, against, st, message=msg, detail=tb)
+            return False
+        if against == "reference" and self.ref is None:
+            self.add(check, b, against, ERROR,
+                     message=f"no reference: {self.folder.reference} is missing")
             return False
         return True
 
-    # -- per backend, against the reference / the spec / the canonical weights
+
+def compare_case(case: Case, case_dir: Path, backends: Sequence[str],
+                 outcomes: Mapping[str, Mapping[str, Any]]) -> CaseComparison:
+    """Every cell of one case: each backend's own checks, every pair, the copy chains
+    and (for a cuda case) the GPU against the CPU."""
+    folder = CaseFolder(case_dir)
+    res = {b: load_backend_case(folder, b, "cpu", outcomes.get(b, {}).get("main"))
+           for b in backends}
+    job = _Job(case, folder, list(backends), outcomes, res, folder.read_reference())
     for b in backends:
-        r = res[b]
-        if gate(b, "shapes", "spec"):
-            got = r.report.get("shapes", {})
-            items = []
-            want = spec.stage_shapes(*case.input_size)
-            for s in stage_order:
-                exp = [case.batch, *want[s]]
-                if s not in got:
-                    items.append(Item(s, FAIL, note="stage missing from run().stages"))
-                elif list(got[s]) != exp:
-                    items.append(Item(s, FAIL, actual_shape=list(got[s]), expected_shape=exp))
-                else:
-                    items.append(Item(s, PASS, actual_shape=exp, expected_shape=exp))
-            extra = [s for s in got if s not in want and not s.startswith("@")]
-            items += [Item(s, FAIL, note="not a stage of the spec") for s in extra]
-            cell("shapes", b, "spec", _status_of(items), items)
-        for check in ("eval", "train"):
-            if gate(b, check, "reference"):
-                items = compare_items(_sub(r.arrays, check, "stage"),
-                                      _sub(ref, check, "stage"), stage_order, check, dt)
-                if SEP.join((check, "logits")) in r.arrays and "logits" in _sub(r.arrays, check,
-                                                                                 "stage"):
-                    items += compare_items(
-                        {"logits (ForwardOutput.logits)": r.arrays[f"{check}{SEP}logits"]},
-                        {"logits (ForwardOutput.logits)": ref[f"{check}{SEP}stage{SEP}logits"]},
-                        ["logits (ForwardOutput.logits)"], check, dt)
-                if check == "train":
-                    items += compare_items(_sub(r.arrays, "train", "running"),
-                                           _sub(ref, "train", "running"), running_order,
-                                           "running", dt)
-                cell(check, b, "reference", _status_of(items), items)
-        if gate(b, "grad", "reference"):
-            items = grad_items(r.arrays, ref, spec, trainable_order, "grad", dt, gspread)
-            msg = "" if f"grad{SEP}input" in ref else (
-                "the reference has the loss only here; gradients are compared pairwise")
-            cell("grad", b, "reference", _status_of(items), items, message=msg)
-        if gate(b, "trajectory", "reference"):
-            losses = r.arrays.get(f"trajectory{SEP}losses")
-            if f"trajectory{SEP}losses" in ref:
-                items = trajectory_items(r.arrays, ref, trainable_order, "trajectory", dt,
-                                         spread)
-                msg = ""
-            else:
-                a = {} if losses is None or np.size(losses) < 1 else {"loss[0]": losses[0]}
-                items = compare_items(a, {"loss[0]": ref[f"trajectory{SEP}loss0"]},
-                                      ["loss[0]"], "trajectory", dt)
-                msg = ("the reference has the first loss only here; trajectories are compared "
-                       "pairwise")
-            if losses is not None and np.size(losses) != case.steps:
-                items.append(Item("losses", FAIL, note=f"{np.size(losses)} losses for "
-                                                       f"{case.steps} steps"))
-            cell("trajectory", b, "reference", _status_of(items), items, message=msg)
-        if gate(b, "copy", "canonical"):
-            exported = _load_safetensors(case_dir / b / "export.safetensors")
-            items = compare_exact(exported, canonical, porder, dt)
-            order = r.report.get("export_order", [])
-            msg = "" if order == porder else "export_canonical() is not in param_table order"
-            cell("copy", b, "canonical", _status_of(items), items, message=msg)
-
-    # -- every pair of backends (values that both produced)
-    pair_checks = [c for c in ("eval", "train", "grad", "trajectory") if case.has(c)]
-    for a, b in combinations(backends, 2):
-        for check in pair_checks:
-            sa, sb = res[a].check_status(check)[0], res[b].check_status(check)[0]
-            subject = f"{a}~{b}"
-            if sa != PASS or sb != PASS:
-                cell(check, subject, b, NA, message=f"{a}: {sa}, {b}: {sb}")
-                continue
-            A, B = res[a].arrays, res[b].arrays
-            if check in ("eval", "train"):
-                items = compare_items(_sub(A, check, "stage"), _sub(B, check, "stage"),
-                                      stage_order, check, dt)
-                if check == "train":
-                    items += compare_items(_sub(A, "train", "running"),
-                                           _sub(B, "train", "running"), running_order,
-                                           "running", dt)
-            elif check == "grad":
-                items = grad_items(A, B, spec, trainable_order, "grad", dt, gspread)
-            else:
-                items = trajectory_items(A, B, trainable_order, "trajectory", dt, spread)
-            cell(check, subject, b, _status_of(items), items)
-
-    # -- copying through two backends: canonical -> A -> canonical -> B -> canonical
+        for check in [c for c in CHECKS if case.has(c) and c in _OWN]:
+            _OWN[check](job, b)
+    _pairs(job)
     if case.has("copy"):
-        for a, b in permutations(backends, 2):
-            subject = f"{a}->{b}"
-            path = case_dir / b / f"copy_from_{a}.npz"
-            phase = _load_copy_phase(case_dir / b)
-            src = phase.get("sources", {}).get(a)
-            if path.exists():
-                items = compare_exact(_load_npz(path), canonical, porder, dt)
-                cell("copy", subject, "canonical", _status_of(items), items)
-            elif src is not None and src["status"] != "done":
-                st = {"unsupported": UNSUPPORTED}.get(src["status"], ERROR)
-                cell("copy", subject, "canonical", st, message=src.get("error", ""),
-                     detail=src.get("traceback", ""))
-            else:
-                why = [f"{x}: {res[x].check_status('copy')[0]}" for x in (a, b)]
-                co = outcomes.get(b, {}).get("copy")
-                if co is not None and co.status != "ok":
-                    cell("copy", subject, "canonical", CRASHED if co.status != "timeout"
-                         else TIMEOUT, message=co.reason, detail=co.log_tail)
-                else:
-                    cell("copy", subject, "canonical", NA, message=", ".join(why))
+        _copy_chains(job)
+    if case.device == "cuda" and case.has("device"):
+        _device(job)
+    _mark_unpaired(job)
+    notes = {b: list(r.report.get("notes", [])) for b, r in res.items()}
+    versions = {b: r.report.get("versions", {}) for b, r in res.items()}
+    return CaseComparison(case, folder.path, job.cells, notes, versions)
 
-    # -- the GPU against the CPU, same backend
-    if case.device == "cuda":
-        for b in backends:
-            outcome = outcomes.get(b, {}).get("main")
-            rg = load_backend_case(case_dir, b, "cuda", outcome)
-            rc = res[b]
-            if rg.status != "ok":
-                cell("device", b, "cpu", rg.status, message=rg.reason, detail=rg.detail)
+
+def _shapes(job: _Job, b: str) -> None:
+    if not job.produced(b, "shapes", "spec"):
+        return
+    got = job.res[b].report.get("shapes", {})
+    want = job.spec.stage_shapes(*job.case.input_size)
+    items = []
+    for s in job.spec.stage_names:
+        exp = [job.case.batch, *want[s]]
+        if s not in got:
+            items.append(Item(s, FAIL, note="stage missing from run().stages"))
+        else:
+            st = PASS if list(got[s]) == exp else FAIL
+            items.append(Item(s, st, actual_shape=list(got[s]), expected_shape=exp))
+    extra = [s for s in got if s not in want and not s.startswith("@")]
+    items += [Item(s, FAIL, note="not a stage of the spec") for s in extra]
+    job.add("shapes", b, "spec", items=items)
+
+
+def _forward(job: _Job, b: str, check: str) -> None:
+    if job.produced(b, check, "reference"):
+        ents = entries(job.spec, check)
+        items = compare_entries(job.res[b].arrays, job.ref or {}, check, ents, job.dtype,
+                                sides=(f"{b}'s output", REFERENCE), full=ents)
+        job.add(check, b, "reference", items=items)
+
+
+def _grad(job: _Job, b: str) -> None:
+    if not job.produced(b, "grad", "reference"):
+        return
+    full = entries(job.spec, "grad")
+    whole = "grad" in job.case.reference
+    ents = full if whole else full[:1]
+    items = compare_entries(job.res[b].arrays, job.ref or {}, "grad", ents, job.dtype,
+                            sides=(f"{b}'s output", REFERENCE), full=full,
+                            scales=bias_scales(job.spec, job.ref or {}))
+    mark_ill(items, job.ref, "grad")
+    msg = "" if whole else "the reference has the loss only here (Case.reference); " \
+                           "gradients are compared pairwise"
+    cell = job.add("grad", b, "reference", items=items, message=msg)
+    if not whole:
+        job.partial.append(cell)
+
+
+def _trajectory(job: _Job, b: str) -> None:
+    if not job.produced(b, "trajectory", "reference"):
+        return
+    A, full = job.res[b].arrays, entries(job.spec, "trajectory")
+    if "trajectory" in job.case.reference:
+        items = compare_entries(A, job.ref or {}, "trajectory", full, job.dtype,
+                                sides=(f"{b}'s output", REFERENCE), full=full)
+        mark_ill(items, job.ref, "trajectory")
+        job.add("trajectory", b, "reference", items=items)
+        return
+    losses = A.get(key("trajectory", "value", "losses"))
+    first = {} if losses is None or np.size(losses) < 1 else {"loss[0]": np.ravel(losses)[0]}
+    loss0 = (job.ref or {}).get(key("trajectory", "value", "loss0"))
+    items = compare_items(first, {"loss[0]": loss0}, ["loss[0]"], "trajectory", job.dtype,
+                          sides=(f"{b}'s output", REFERENCE))
+    if losses is not None and np.size(losses) != job.case.steps:
+        items.append(Item("losses", FAIL, note=f"{np.size(losses)} losses for "
+                                               f"{job.case.steps} steps"))
+    items += compare_entries(A, {}, "trajectory", [], job.dtype,
+                             sides=(f"{b}'s output", REFERENCE), full=full)
+    job.partial.append(job.add("trajectory", b, "reference", items=items,
+                               message="the reference has the first loss only here "
+                                       "(Case.reference); trajectories are compared pairwise"))
+
+
+def _copy(job: _Job, b: str) -> None:
+    if not job.produced(b, "copy", "canonical"):
+        return
+    canonical = job.folder.read_weights(job.case)
+    order = [p.name for p in param_table(job.spec)]
+    items = compare_exact(job.folder.read_export(b) or {}, canonical, order, job.dtype)
+    msg = "" if job.res[b].report.get("export_order", []) == order else \
+        "export_canonical() is not in param_table order"
+    job.add("copy", b, "canonical", items=items, message=msg)
+
+
+_OWN = {"shapes": _shapes, "eval": lambda j, b: _forward(j, b, "eval"),
+        "train": lambda j, b: _forward(j, b, "train"), "grad": _grad,
+        "trajectory": _trajectory, "copy": _copy}
+
+
+# ---------------------------------------------------------------------- pairs, chains, device
+def _pairs(job: _Job) -> None:
+    """Every pair of backends, on every value check both produced."""
+    for a, b in combinations(job.backends, 2):
+        for check in [c for c in VALUE_CHECKS if job.case.has(c)]:
+            sa, sb = job.res[a].check_status(check)[0], job.res[b].check_status(check)[0]
+            if sa != PASS or sb != PASS:
+                job.add(check, f"{a}~{b}", b, NA, message=f"{a}: {sa}, {b}: {sb}")
                 continue
-            sts = {c: rg.check_status(c)[0] for c in ("eval", "train", "grad", "trajectory")
-                   if case.has(c)}
-            if sts and all(s == NOT_AVAILABLE for s in sts.values()):
-                cell("device", b, "cpu", NOT_AVAILABLE,
-                     message=f"no GPU for this backend here "
-                             f"(its devices(): {rg.report.get('backend_devices')})")
+            A, B = job.res[a].arrays, job.res[b].arrays
+            ents = entries(job.spec, check)
+            scales = bias_scales(job.spec, B) if check == "grad" else None
+            items = compare_entries(A, B, check, ents, job.dtype, sides=(a, b), full=ents,
+                                    scales=scales)
+            if check in ("grad", "trajectory"):
+                mark_ill(items, job.ref, check)
+            job.add(check, f"{a}~{b}", b, items=items)
+
+
+def _copy_chains(job: _Job) -> None:
+    """canonical -> A -> canonical -> B -> canonical, for every ordered pair."""
+    canonical = job.folder.read_weights(job.case)
+    order = [p.name for p in param_table(job.spec)]
+    for a, b in permutations(job.backends, 2):
+        subject = f"{a}->{b}"
+        copied = job.folder.read_copy(b, a)
+        src = job.folder.read_copy_phase(b).get("sources", {}).get(a)
+        co = job.outcomes.get(b, {}).get("copy")
+        if copied is not None:
+            job.add("copy", subject, "canonical",
+                    items=compare_exact(copied, canonical, order, job.dtype))
+        elif src is not None and src["status"] != "done":
+            st = Status.UNSUPPORTED if src["status"] == "unsupported" else ERROR
+            job.add("copy", subject, "canonical", st, message=src.get("error", ""),
+                    detail=src.get("traceback", ""))
+        elif co is not None and co.status != "ok":
+            st = Status.TIMEOUT if co.status == "timeout" else Status.CRASHED
+            job.add("copy", subject, "canonical", st, message=co.reason, detail=co.log_tail)
+        else:
+            why = [f"{x}: {job.res[x].check_status('copy')[0]}" for x in (a, b)]
+            job.add("copy", subject, "canonical", NA, message=", ".join(why))
+
+
+def _device(job: _Job) -> None:
+    """The GPU run of each backend against its own CPU run."""
+    for b in job.backends:
+        rg = load_backend_case(job.folder, b, "cuda", job.outcomes.get(b, {}).get("main"))
+        if rg.status != PASS:
+            job.add("device", b, "cpu", rg.status, message=rg.reason, detail=rg.detail)
+            continue
+        sts = {c: rg.check_status(c)[0] for c in VALUE_CHECKS if job.case.has(c)}
+        if sts and all(s == Status.NOT_AVAILABLE for s in sts.values()):
+            job.add("device", b, "cpu", Status.NOT_AVAILABLE,
+                    message=f"no GPU for this backend here "
+                            f"(its devices(): {rg.report.get('backend_devices')})")
+            continue
+        items: list[Item] = []
+        bad = []
+        for c, st in sts.items():
+            sc = job.res[b].check_status(c)[0]
+            if st != PASS or sc != PASS:
+                bad.append(f"{c}: gpu {st}, cpu {sc}")
                 continue
-            items: list[Item] = []
-            bad = []
-            for c, st in sts.items():
-                if st != PASS or rc.check_status(c)[0] != PASS:
-                    bad.append(f"{c}: gpu {st}, cpu {rc.check_status(c)[0]}")
-                    continue
-                G, C = _sub(rg.arrays, c), _sub(rc.arrays, c)
-                keys = [k for k in C if k in G] + [k for k in G if k not in C]
-                keys = _device_order(keys, stage_order, porder)
-                def lab(k: str, c: str = c) -> str:
-                    return f"{c} {k.split(SEP)[-1]}"  # "eval stem", "grad features.conv0.weight"
-
-                items += compare_items({lab(k): G[k] for k in G}, {lab(k): C[k] for k in C},
-                                       [lab(k) for k in keys], "device", dt)
-            status = _status_of(items) if items else ERROR
-            if bad:
-                status = worst_status([status, ERROR])
-            cell("device", b, "cpu", status, items, message="; ".join(bad))
-    return CaseComparison(case, case_dir, cells, notes, versions)
+            ents = entries(job.spec, c)
+            scales = bias_scales(job.spec, job.res[b].arrays) if c == "grad" else None
+            items += compare_entries(rg.arrays, job.res[b].arrays, c, ents, job.dtype,
+                                     sides=("the GPU run", "the CPU run"), full=ents,
+                                     scales=scales, tol="device", prefix=f"{c} ")
+        status = worst([status_of(items), ERROR]) if bad else None
+        job.add("device", b, "cpu", status, items, message="; ".join(bad))
 
 
-def grad_items(A: dict[str, np.ndarray], B: dict[str, np.ndarray], spec: DenseNetSpec,
-               order: Sequence[str], check: str, dt: str,
-               spread: dict[str, np.ndarray] | None = None) -> list[Item]:
-    """Loss, then every parameter's gradient in network depth order, then the input's."""
-    ga, gb = _sub(A, "grad", "param"), _sub(B, "grad", "param")
-    items = compare_items({"loss": A.get(f"grad{SEP}loss")}, {"loss": B.get(f"grad{SEP}loss")},
-                          ["loss"], check, dt)
-    items += compare_items(ga, gb, order, check, dt, scales=_grad_scales(spec, gb))
-    items += compare_items({"input": A.get(f"grad{SEP}input")},
-                           {"input": B.get(f"grad{SEP}input")}, ["input"], check, dt)
-    _mark_ill(items, spread)
-    return items
-
-
-def _mark_ill(items: list[Item], spread: dict[str, np.ndarray] | None) -> None:
-    """Relabel failing items the reference itself can't hold to the tolerance."""
-    for it in items:
-        sp = (spread or {}).get(it.item)
-        if it.status == FAIL and sp is not None and float(sp) > (it.tol or 0.0):
-            it.status = ILL
-            it.note = (f"the reference itself moves {float(sp):.2g} (rel) when started "
-                       f"from weights perturbed by {PROBE_NOTE}")
-
-
-def trajectory_items(A: dict[str, np.ndarray], B: dict[str, np.ndarray], order: Sequence[str],
-                     check: str, dt: str, spread: dict[str, np.ndarray] | None = None
-                     ) -> list[Item]:
-    """The K losses, then the final trainable weights in depth order."""
-    items = compare_items({"losses": A.get(f"trajectory{SEP}losses")},
-                          {"losses": B.get(f"trajectory{SEP}losses")}, ["losses"], check, dt)
-    items += compare_items(_sub(A, "trajectory", "param"), _sub(B, "trajectory", "param"),
-                           order, check, dt)
-    _mark_ill(items, spread)
-    return items
-
-
-def _device_order(keys: list[str], stage_order: list[str], porder: list[str]) -> list[str]:
-    rank = {f"stage{SEP}{s}": i for i, s in enumerate(stage_order)}
-    base = len(rank)
-    for i, p in enumerate(porder):
-        rank[f"running{SEP}{p}"] = base + i
-        rank[f"param{SEP}{p}"] = base + i
-    return sorted(keys, key=lambda k: rank.get(k, -1 if k in ("loss", "losses") else 10**9))
-
-
-def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
-    if not path.exists():
-        return {}
-    from safetensors.numpy import load_file
-
-    return load_file(str(path))
-
-
-def _load_copy_phase(d: Path) -> dict[str, Any]:
-    p = d / "copy_phase.json"
-    return json.loads(p.read_text()) if p.exists() else {}
+def _mark_unpaired(job: _Job) -> None:
+    """A loss-only reference cell with no compared pair: its gradients (trajectory) were
+    compared with nothing, which is not a pass."""
+    for cell in job.partial:
+        (b,) = cell.members
+        paired = [c for c in job.cells if c.check == cell.check and c.is_pair
+                  and b in c.members and c.status != NA]
+        if not paired:
+            cell.status = worst([cell.status, Status.UNPAIRED])
+            cell.message += "; no other backend's values were compared with them"
 
 
 def compare_run(result: Any) -> list[CaseComparison]:
@@ -546,7 +631,3 @@ def compare_run(result: Any) -> list[CaseComparison]:
     names = [b.name for b in result.backends]
     return [compare_case(c, result.case_dirs[c.name], names, result.outcomes)
             for c in result.cases]
-
-
-def check_order() -> tuple[str, ...]:
-    return CHECKS

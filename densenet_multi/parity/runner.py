@@ -2,8 +2,11 @@
 
 Frameworks don't share one interpreter (MXNet 1.9 needs numpy < 1.24), so each
 backend runs in a worker subprocess started with *its* environment's
-interpreter. The harness process never imports a framework; it computes the
-NumPy reference (float64) itself and reads back canonical results.
+interpreter. The harness process never imports a framework: it writes the
+run folder (:mod:`.runfolder`), has the float64 NumPy reference
+(:mod:`.oracle`) computed in a background process of its own while the
+workers run, and reads back canonical results. This module only manages
+those processes.
 
 Which interpreter runs backend ``B`` (first match wins):
 
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,14 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .. import checkpoint
 from ..backend import BACKENDS
-from ..params import param_table
-from ..reference import forward, softmax_cross_entropy
 from .cases import Case, make_inputs, make_weights
-from .worker import EXIT_MISSING
+from .oracle import reference_job
+from .runfolder import EXIT_MISSING, RunFolder
 
 __all__ = [
     "BackendTarget",
@@ -68,13 +66,6 @@ COMMON_ENV = {
     "TF_ENABLE_ONEDNN_OPTS": "0",
 }
 DEFAULT_TIMEOUT_S = 1800.0
-#: Relative size of the conditioning probes' perturbation, per case dtype: about
-#: how far a backend computing in that dtype is from the float64 reference
-#: (float32, measured: 4e-7 to 1.5e-6 in eval mode on the default cases; float64:
-#: 1e-15 .. 1e-14). Measured on densenet40_k12's float32 gradients: at 1e-7 the
-#: reference moves 5e-7 (linear, no ReLU flips), at 1e-6 already 6e-3 (flips);
-#: on densenet_bc_100_k12 and densenet121 it moves 5e-3..1e-2 even at 1e-7.
-PROBE_REL = {"float32": 1e-6, "float64": 1e-13}
 
 
 @dataclass(frozen=True)
@@ -173,135 +164,19 @@ def parse_pythons(items: Sequence[str]) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------- the run folder
-def _case_dirname(case: Case, taken: set[str]) -> str:
-    base = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in case.name) or "case"
-    name, i = base, 2
-    while name in taken:
-        name, i = f"{base}-{i}", i + 1
-    taken.add(name)
-    return name
-
-
 def prepare_run(run_dir: Path, cases: Sequence[Case], *, reference: bool = True
                 ) -> dict[str, Path]:
-    """Write every case (case.json, canonical weights checkpoint, inputs) and, with
-    ``reference``, its float64 NumPy reference into ``run_dir``."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "_workers").mkdir(exist_ok=True)
-    taken: set[str] = set()
+    """Write every case (case.json, canonical weights checkpoint, inputs) into ``run_dir``
+    and, with ``reference``, its float64 NumPy reference (:mod:`.oracle`)."""
+    run = RunFolder(run_dir)
+    run.create()
     dirs: dict[str, Path] = {}
-    for case in cases:
-        d = run_dir / _case_dirname(case, taken)
-        if d.exists():
-            shutil.rmtree(d)
-        d.mkdir(parents=True)
-        spec = case.build_spec()
-        params = make_weights(case)
-        checkpoint.save(d / "weights.safetensors", params, spec, dtype=case.dtype)
-        inputs = make_inputs(case)
-        np.savez(d / "inputs.npz", **inputs)
-        (d / "case.json").write_text(json.dumps(case.to_dict(), indent=1))
+    for case, folder in zip(cases, run.new_cases(c.name for c in cases), strict=True):
+        folder.write_case(case, make_weights(case), make_inputs(case))
         if reference:
-            write_reference(d, case, params, inputs)
-        dirs[case.name] = d
+            reference_job(folder.path)
+        dirs[case.name] = folder.path
     return dirs
-
-
-def write_reference(case_dir: Path, case: Case, params: Mapping[str, np.ndarray],
-                    inputs: Mapping[str, np.ndarray]) -> None:
-    """The oracle, in float64 whatever the case's dtype: eval and train forward, the
-    gradients (:mod:`densenet_multi.reference_grad`) and the K-step trajectory."""
-    from .. import reference_grad
-    from ..backend import SGD_DEFAULTS
-    from .worker import SEP
-
-    spec = case.build_spec()
-    arrays: dict[str, np.ndarray] = {}
-    if case.has("eval") or case.has("shapes"):
-        out = forward(spec, params, inputs["x"], dtype="float64")
-        for k, v in out.stages.items():
-            arrays[f"eval{SEP}stage{SEP}{k}"] = v
-    if case.has("train") or case.has("grad"):
-        out = forward(spec, params, inputs["x"], train=True, dtype="float64")
-        for k, v in out.stages.items():
-            arrays[f"train{SEP}stage{SEP}{k}"] = v
-        for k, v in (out.running or {}).items():
-            arrays[f"train{SEP}running{SEP}{k}"] = v
-        arrays[f"grad{SEP}loss"] = np.asarray(softmax_cross_entropy(out.logits, inputs["labels"]))
-    if case.has("grad") and "grad" in case.reference:
-        g = reference_grad.gradients(spec, params, inputs["x"], inputs["labels"], dtype="float64")
-        arrays[f"grad{SEP}loss"] = np.asarray(g.loss)
-        arrays[f"grad{SEP}input"] = g.input
-        for k, v in g.params.items():
-            arrays[f"grad{SEP}param{SEP}{k}"] = v
-        # Conditioning probe (see the trajectory's below): the same gradient from
-        # weights and input perturbed by PROBE_REL. Millions of ReLU inputs sit
-        # within float32 rounding of 0 somewhere in a deep net; where one of them
-        # feeds few positions (a late block at a small input), rounding flips
-        # its gradient term and moves whole gradients by far more than the tolerance.
-        rng = np.random.Generator(np.random.PCG64([case.seed, 3]))
-        rel = PROBE_REL[case.dtype]
-        g2 = reference_grad.gradients(spec, _perturbed(params, rng, rel),
-                                      _perturbed({"x": inputs["x"]}, rng, rel)["x"],
-                                      inputs["labels"], dtype="float64")
-        arrays[f"grad{SEP}spread{SEP}loss"] = np.asarray(abs(g2.loss - g.loss) / abs(g.loss))
-        arrays[f"grad{SEP}spread{SEP}input"] = np.asarray(_spread(g2.input, g.input))
-        for k, v in g.params.items():
-            arrays[f"grad{SEP}spread{SEP}{k}"] = np.asarray(_spread(g2.params[k], v))
-    if case.has("trajectory"):
-        # The first loss is a forward at the initial weights: always referenced.
-        out0 = forward(spec, params, inputs["traj_x"][0], train=True, dtype="float64")
-        arrays[f"trajectory{SEP}loss0"] = np.asarray(
-            softmax_cross_entropy(out0.logits, inputs["traj_labels"][0]))
-        if "trajectory" in case.reference:
-            batches = [(inputs["traj_x"][i], inputs["traj_labels"][i])
-                       for i in range(inputs["traj_x"].shape[0])]
-            losses, final = reference_grad.train_steps(spec, params, batches, dtype="float64",
-                                                       **SGD_DEFAULTS)
-            arrays[f"trajectory{SEP}losses"] = np.asarray(losses)
-            trainable = [p.name for p in param_table(spec) if p.trainable]
-            for k in trainable:
-                arrays[f"trajectory{SEP}param{SEP}{k}"] = final[k]
-            # Conditioning probe: the same K steps from weights perturbed by
-            # PROBE_REL. A ReLU input within rounding
-            # distance of 0 switches its gradient on or off, and a few steps can
-            # amplify that far beyond the tolerance; where the reference's own
-            # spread exceeds the tolerance, no implementation can be held to it.
-            rng = np.random.Generator(np.random.PCG64([case.seed, 2]))
-            losses2, final2 = reference_grad.train_steps(spec, _perturbed(params, rng,
-                                                                          PROBE_REL[case.dtype]),
-                                                         batches,
-                                                         dtype="float64", **SGD_DEFAULTS)
-            arrays[f"trajectory{SEP}spread{SEP}losses"] = np.asarray(
-                _spread(np.asarray(losses2), np.asarray(losses)))
-            for k in trainable:
-                arrays[f"trajectory{SEP}spread{SEP}{k}"] = np.asarray(_spread(final2[k], final[k]))
-    np.savez(case_dir / "reference.npz", **arrays)
-
-
-def reference_job(case_dir: str) -> str:
-    """Compute a prepared case's reference (in a subprocess of the harness: numpy only)."""
-    d = Path(case_dir)
-    case = Case.from_dict(json.loads((d / "case.json").read_text()))
-    params, _ = checkpoint.load(d / "weights.safetensors", case.build_spec(), dtype=case.dtype)
-    with np.load(d / "inputs.npz") as f:
-        inputs = {k: f[k] for k in f.files}
-    write_reference(d, case, params, inputs)
-    return case.name
-
-
-def _perturbed(arrays: Mapping[str, np.ndarray], rng: np.random.Generator, rel: float
-               ) -> dict[str, np.ndarray]:
-    """float64 copies, each element scaled by (1 + rel * N(0, 1))."""
-    return {k: np.asarray(v, np.float64) * (1 + rel * rng.standard_normal(np.shape(v)))
-            for k, v in arrays.items()}
-
-
-def _spread(a: np.ndarray, b: np.ndarray) -> float:
-    """max|a - b| / max|b|, the error measure of densenet_multi.testing."""
-    scale = float(np.max(np.abs(b))) if np.size(b) else 0.0
-    d = float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) if np.size(b) else 0.0
-    return d / scale if scale > 0 else d
 
 
 # ---------------------------------------------------------------------- workers
@@ -340,6 +215,72 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+class _EventReader:
+    """Reads a worker's events file as it grows, feeding whole lines to ``on_event``."""
+
+    def __init__(self, path: Path, out: WorkerOutcome,
+                 on_event: Callable[[dict[str, Any]], None] | None) -> None:
+        self.path, self.out, self.on_event, self.pos = path, out, on_event, 0
+
+    def __call__(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path) as f:
+            f.seek(self.pos)
+            while (line := f.readline()).endswith("\n"):
+                self.pos = f.tell()
+                try:
+                    ev = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if ev.get("versions"):
+                    self.out.versions = ev["versions"]
+                if self.on_event:
+                    self.on_event(ev)
+
+
+def _worker_command(backend: BackendTarget, python: str, run: RunFolder, case_dirs: Sequence[str],
+                    phase: str, devices: Sequence[str], sources: Sequence[str],
+                    allow_tf32: bool) -> list[str]:
+    cmd = [python, "-m", "densenet_multi.parity.worker", "--backend", backend.name,
+           "--run-dir", str(run.path), "--cases", ",".join(case_dirs), "--phase", phase,
+           "--devices", ",".join(devices), "--events", str(run.worker_events(backend.name, phase))]
+    if backend.target:
+        cmd += ["--target", backend.target]
+    if sources:
+        cmd += ["--sources", ",".join(sources)]
+    if allow_tf32:
+        cmd.append("--allow-tf32")
+    return cmd
+
+
+def _no_interpreter(backend: BackendTarget, python: str, out: WorkerOutcome) -> WorkerOutcome:
+    env = BACKENDS.get(backend.name, ("", "", backend.name))[2]
+    out.status = "missing"
+    out.reason = (f"no interpreter at {python or '(none)'}: build the env with "
+                  f"`tox -e {env} --notest`, or pass --python {backend.name}=PATH "
+                  f"(or set DENSENET_MULTI_PYTHON_{backend.name.upper()})")
+    return out
+
+
+def _wait(proc: subprocess.Popen, pump: Callable[[], None], timeout: float) -> bool:
+    """Wait for ``proc``, pumping its events; kill it past ``timeout``. True if it timed out."""
+    t0 = time.perf_counter()
+    try:
+        while proc.poll() is None:
+            pump()
+            if time.perf_counter() - t0 > timeout:
+                _kill(proc)
+                return True
+            time.sleep(0.2)
+    except BaseException:
+        _kill(proc)
+        raise
+    finally:
+        pump()
+    return False
+
+
 def run_worker(
     backend: BackendTarget,
     python: str,
@@ -355,78 +296,32 @@ def run_worker(
     on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> WorkerOutcome:
     """Run one worker to completion (or timeout), feeding its progress events to ``on_event``."""
-    wdir = run_dir / "_workers"
-    wdir.mkdir(parents=True, exist_ok=True)
-    log = wdir / f"{backend.name}.{phase}.log"
-    events = wdir / f"{backend.name}.{phase}.events.jsonl"
-    missing_file = wdir / f"{backend.name}.missing.json"
-    for f in (events, missing_file):
-        if f.exists():
-            f.unlink()
+    run = RunFolder(run_dir)
+    run.create()
+    log = run.worker_log(backend.name, phase)
+    for f in (run.worker_events(backend.name, phase), run.worker_missing(backend.name)):
+        f.unlink(missing_ok=True)
     out = WorkerOutcome(backend.name, phase, "ok", python=python, log=str(log))
     if not python or not Path(python).exists():
-        env = BACKENDS.get(backend.name, ("", "", backend.name))[2]
-        out.status = "missing"
-        out.reason = (f"no interpreter at {python or '(none)'}: build the env with "
-                      f"`tox -e {env} --notest`, or pass --python {backend.name}=PATH "
-                      f"(or set DENSENET_MULTI_PYTHON_{backend.name.upper()})")
-        return out
-    cmd = [python, "-m", "densenet_multi.parity.worker", "--backend", backend.name,
-           "--run-dir", str(run_dir), "--cases", ",".join(case_dirs), "--phase", phase,
-           "--devices", ",".join(devices), "--events", str(events)]
-    if backend.target:
-        cmd += ["--target", backend.target]
-    if sources:
-        cmd += ["--sources", ",".join(sources)]
-    if allow_tf32:
-        cmd.append("--allow-tf32")
+        return _no_interpreter(backend, python, out)
+    cmd = _worker_command(backend, python, run, case_dirs, phase, devices, sources, allow_tf32)
     t0 = time.perf_counter()
-    pos = 0
-
-    def pump() -> None:
-        nonlocal pos
-        if not events.exists():
-            return
-        with open(events) as f:
-            f.seek(pos)
-            while True:
-                line = f.readline()
-                if not line or not line.endswith("\n"):
-                    break
-                pos = f.tell()
-                try:
-                    ev = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if ev.get("versions"):
-                    out.versions = ev["versions"]
-                if on_event:
-                    on_event(ev)
-
     with open(log, "w") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=str(root or Path.cwd()),
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=str(root or Path.cwd()),
                                 env=worker_env(backend.name, devices, allow_tf32, root),
                                 start_new_session=True)
-        try:
-            while proc.poll() is None:
-                pump()
-                if time.perf_counter() - t0 > timeout:
-                    _kill(proc)
-                    out.status = "timeout"
-                    break
-                time.sleep(0.2)
-        except BaseException:
-            _kill(proc)
-            raise
-        pump()
+        timed_out = _wait(proc, _EventReader(run.worker_events(backend.name, phase), out,
+                                             on_event), timeout)
     out.seconds = round(time.perf_counter() - t0, 2)
     out.returncode = proc.returncode
     out.log_tail = _tail(log)
-    if out.status == "timeout":
+    missing = run.worker_missing(backend.name)
+    if timed_out:
+        out.status = "timeout"
         out.reason = f"worker ran past the {timeout:g} s timeout and was killed"
-    elif proc.returncode == EXIT_MISSING and missing_file.exists():
-        info = json.loads(missing_file.read_text())
+    elif proc.returncode == EXIT_MISSING and missing.exists():
+        info = json.loads(missing.read_text())
         out.status, out.reason = "missing", f"cannot import the backend: {info['reason']}"
     elif proc.returncode != 0:
         out.status = "crashed"
@@ -469,6 +364,100 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 # ---------------------------------------------------------------------- the whole run
+class _Progress:
+    """The run's progress bars (a :class:`rich.progress.Progress`, or none)."""
+
+    def __init__(self, progress: Any, backends: Sequence[BackendTarget], cases: Sequence[Case]
+                 ) -> None:
+        self.p = progress
+        # progress units: the checks of every case on the CPU, and on the GPU for cuda cases
+        self.total = sum(len([c for c in case.checks if c != "device"]) for case in cases) + sum(
+            len([c for c in case.checks if c not in ("device", "shapes", "copy")])
+            for case in cases if case.device == "cuda") or 1
+        self.tasks = {} if progress is None else {
+            b.name: progress.add_task(f"{b.name}: waiting", total=self.total) for b in backends}
+        self.ref = None if progress is None else progress.add_task(
+            "reference (NumPy, float64)", total=len(cases))
+        self.copy = None
+
+    def update(self, name: str, **kw: Any) -> None:
+        if self.p is not None and name in self.tasks:
+            self.p.update(self.tasks[name], **kw)
+
+    def listener(self, name: str) -> Callable[[dict[str, Any]], None]:
+        def on_event(ev: dict[str, Any]) -> None:
+            st = ev.get("status")
+            if st == "running":
+                dev = f" ({ev['device']})" if ev.get("device") != "cpu" else ""
+                self.update(name, description=f"{name}: {ev['case']} {ev['check']}{dev}")
+            elif st == "imported":
+                self.update(name, description=f"{name}: imported")
+            elif ev.get("check") and self.p is not None:
+                self.p.advance(self.tasks[name])
+        return on_event
+
+    def start_copy(self, n: int) -> None:
+        if self.p is not None:
+            self.copy = self.p.add_task("copy phase", total=n)
+
+    def copying(self, name: str, done: bool = False) -> None:
+        if self.p is not None and self.copy is not None:
+            if done:
+                self.p.advance(self.copy)
+            else:
+                self.p.update(self.copy, description=f"copy phase: {name} loads the others")
+
+    def reference_done(self) -> None:
+        if self.p is not None:
+            self.p.advance(self.ref)
+
+
+@dataclass
+class _Run:
+    """One run in progress: what the phases share."""
+
+    run_dir: Path
+    root: Path | None
+    names: list[str]  # case folder names
+    copy_names: list[str]  # those with the copy check
+    devices: list[str]
+    resolved: dict[str, tuple[str, str]]
+    allow_tf32: bool
+    timeout: float
+    progress: _Progress
+    outcomes: dict[str, dict[str, WorkerOutcome]]
+
+    def main_phase(self, b: BackendTarget) -> None:
+        self.progress.update(b.name, description=f"{b.name}: starting")
+        python, origin = self.resolved[b.name]
+        out = run_worker(b, python, self.run_dir, self.names, devices=self.devices,
+                         allow_tf32=self.allow_tf32, timeout=self.timeout, root=self.root,
+                         on_event=self.progress.listener(b.name))
+        if out.status == "missing" and not python:
+            out.reason = origin
+        self.outcomes[b.name]["main"] = out
+        self.progress.update(b.name, completed=self.progress.total,
+                             description=f"{b.name}: {out.status} ({out.seconds:.0f} s)")
+
+    def copy_phase(self, backends: Sequence[BackendTarget], jobs: int) -> None:
+        """Phase 2 of the copy check: every backend loads every other backend's export."""
+        with_exports = [b.name for b in backends
+                        if self.outcomes[b.name]["main"].status in ("ok", "crashed", "timeout")]
+        if len(with_exports) < 2 or not self.copy_names:
+            return
+        self.progress.start_copy(len(with_exports))
+
+        def one(b: BackendTarget) -> None:
+            self.progress.copying(b.name)
+            self.outcomes[b.name]["copy"] = run_worker(
+                b, self.resolved[b.name][0], self.run_dir, self.copy_names, phase="copy",
+                sources=[s for s in with_exports if s != b.name], timeout=self.timeout,
+                root=self.root)
+            self.progress.copying(b.name, done=True)
+
+        _each(one, [b for b in backends if self.outcomes[b.name]["main"].status == "ok"], jobs)
+
+
 def run_parity(
     cases: Sequence[Case],
     backends: Sequence[BackendTarget],
@@ -491,76 +480,20 @@ def run_parity(
     # The float64 reference (minutes for the default cases: the conditioning
     # probes run the reference gradient and trajectory twice) is computed in a
     # process of its own while the workers run; only the comparison needs it.
-    ref_task = progress.add_task("reference (NumPy, float64)", total=len(cases)) \
-        if progress is not None else None
+    bars = _Progress(progress, backends, cases)
     pool, futures = _start_references([case_dirs[c.name] for c in cases])
-    names = [case_dirs[c.name].name for c in cases]
-    devices = ["cpu"] + (["cuda"] if any(c.device == "cuda" for c in cases) else [])
-    resolved = {b.name: resolve_python(b.name, pythons, root) for b in backends}
-    outcomes: dict[str, dict[str, WorkerOutcome]] = {b.name: {} for b in backends}
-
-    def units(case: Case) -> int:  # progress units of one case, per device
-        return len([c for c in case.checks if c != "device"])
-
-    total = sum(units(c) for c in cases) + sum(
-        len([x for x in c.checks if x not in ("device", "shapes", "copy")])
-        for c in cases if c.device == "cuda")
-    tasks = {}
-    if progress is not None:
-        for b in backends:
-            tasks[b.name] = progress.add_task(f"{b.name}: waiting", total=total or 1)
-
-    def main_phase(b: BackendTarget) -> None:
-        task = tasks.get(b.name)
-
-        def on_event(ev: dict[str, Any]) -> None:
-            if progress is None or task is None:
-                return
-            st = ev.get("status")
-            if st == "running":
-                progress.update(task, description=f"{b.name}: {ev['case']} {ev['check']}"
-                                f"{' (' + ev['device'] + ')' if ev.get('device') != 'cpu' else ''}")
-            elif st == "imported":
-                progress.update(task, description=f"{b.name}: imported")
-            elif ev.get("check"):
-                progress.advance(task)
-
-        if progress is not None and task is not None:
-            progress.update(task, description=f"{b.name}: starting")
-        out = run_worker(b, resolved[b.name][0], run_dir, names, devices=devices,
-                         allow_tf32=allow_tf32, timeout=timeout, root=root, on_event=on_event)
-        if out.status == "missing" and not resolved[b.name][0]:
-            out.reason = resolved[b.name][1]
-        outcomes[b.name]["main"] = out
-        if progress is not None and task is not None:
-            progress.update(task, completed=total or 1,
-                            description=f"{b.name}: {out.status} ({out.seconds:.0f} s)")
-
-    _each(main_phase, backends, jobs)
-
-    # Phase 2 of the copy check: every backend loads every other backend's export.
-    with_exports = [b.name for b in backends
-                    if outcomes[b.name]["main"].status in ("ok", "crashed", "timeout")]
-    copy_cases = [case_dirs[c.name].name for c in cases if c.has("copy")]
-    if len(with_exports) > 1 and copy_cases:
-        ctask = progress.add_task("copy phase", total=len(with_exports)) if progress else None
-        def copy_phase(b: BackendTarget) -> None:
-            if progress is not None:
-                progress.update(ctask, description=f"copy phase: {b.name} loads the others")
-            outcomes[b.name]["copy"] = run_worker(
-                b, resolved[b.name][0], run_dir, copy_cases, phase="copy",
-                sources=[s for s in with_exports if s != b.name], timeout=timeout, root=root)
-            if progress is not None:
-                progress.advance(ctask)
-
-        _each(copy_phase, [b for b in backends if outcomes[b.name]["main"].status == "ok"],
-              jobs)
+    run = _Run(run_dir, root, [case_dirs[c.name].name for c in cases],
+               [case_dirs[c.name].name for c in cases if c.has("copy")],
+               ["cpu"] + (["cuda"] if any(c.device == "cuda" for c in cases) else []),
+               {b.name: resolve_python(b.name, pythons, root) for b in backends},
+               allow_tf32, timeout, bars, {b.name: {} for b in backends})
+    _each(run.main_phase, backends, jobs)
+    run.copy_phase(backends, jobs)
     for f in futures:
         f.result() if pool is not None else f()
-        if progress is not None:
-            progress.advance(ref_task)
+        bars.reference_done()
     if pool is not None:
         pool.shutdown()
-    return RunResult(run_dir, list(cases), case_dirs, list(backends), outcomes,
-                     {k: v[0] for k, v in resolved.items()}, devices, allow_tf32,
+    return RunResult(run_dir, list(cases), case_dirs, list(backends), run.outcomes,
+                     {k: v[0] for k, v in run.resolved.items()}, run.devices, allow_tf32,
                      seconds=round(time.perf_counter() - t0, 2))

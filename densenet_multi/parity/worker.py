@@ -4,31 +4,24 @@ Started by the runner as ``python -m densenet_multi.parity.worker ...`` with the
 interpreter of the backend's environment (``.tox/<env>/bin/python``). It
 imports only numpy, safetensors and densenet_multi itself -- plus the backend,
 which imports its framework. It never compares anything: it writes canonical
-results (NCHW activations, OIHW kernels, torchvision names) to the run folder,
-and the harness process compares them.
+results (NCHW activations, OIHW kernels, torchvision names) to the run folder
+(:mod:`.runfolder` owns its format), and the harness process compares them.
 
 Two phases:
 
-* ``main``: per case and device, the checks of the case: ``shapes`` (the model
-  as built, before loading any weights, so a wrong width shows as a shape and
-  not as a load error), ``copy`` (load the case's canonical weights, export
-  them again), ``eval``, ``train``, ``grad``, ``trajectory``. Every check starts
-  from the case's weights, loaded afresh.
+* ``main``: per case and device, the checks of the case, in ``cases.CHECKS``
+  order: ``shapes`` (the model as built, before loading any weights, so a
+  wrong width shows as a shape and not as a load error), ``eval``, ``train``,
+  ``grad``, ``trajectory`` (K SGD steps, one per batch of ``traj_x``),
+  ``copy`` (load the case's canonical weights, export them again). Every check
+  starts from the case's weights, loaded afresh.
 * ``copy``: load every other backend's export of phase ``main`` and export
   it again (canonical -> A -> canonical -> B -> canonical).
 
 A contract function raising :class:`NotImplementedError` marks its check
 "unsupported"; any other exception marks it "error" with its traceback, and
 the other checks still run. A backend that cannot be imported makes the worker
-exit with :data:`EXIT_MISSING` after writing the reason to ``missing.json``.
-
-Files, under the run folder:
-
-* ``<case>/<backend>/<device>.json``: per-check status, error, seconds, notes;
-* ``<case>/<backend>/<device>.npz``: the results (keys ``check::item``);
-* ``<case>/<backend>/export.safetensors``: the ``copy`` export of phase main;
-* ``<case>/<backend>/copy_from_<A>.npz``: phase copy, B's export of A's export;
-* ``_workers/<backend>.<phase>.events.jsonl``: progress, one JSON object a line.
+exit with :data:`runfolder.EXIT_MISSING` after writing the reason.
 """
 
 from __future__ import annotations
@@ -48,17 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from .. import checkpoint
 from ..backend import BACKENDS, CONTRACT, SGD_DEFAULTS, load_backend
 from ..params import param_table
-from .cases import Case
+from .cases import CHECKS
+from .runfolder import EXIT_MISSING, CaseFolder, RunFolder, key
 
-__all__ = ["EXIT_MISSING", "SEP", "load_target", "main"]
+__all__ = ["load_target", "main"]
 
-#: Exit status of a worker whose backend cannot be imported (reported as MISSING).
-EXIT_MISSING = 3
-#: Separator of check and item in the keys of a result .npz.
-SEP = "::"
 #: Frameworks whose version the worker records, if the backend imported them.
 FRAMEWORKS = ("torch", "jax", "flax", "optax", "tensorflow", "keras", "mxnet")
 
@@ -158,189 +147,164 @@ def _backend_device(be: Any, device: str) -> str | None:
     available = [str(d).lower() for d in be.devices()]
     if device == "cpu":
         return "cpu" if "cpu" in available or not available else None
-    for alias in ("cuda", "gpu"):
-        if alias in available:
-            return alias
-    return None
+    return "cuda" if "cuda" in available or "gpu" in available else None
 
 
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def _save_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+def _attempt(fn: Callable[[], None]) -> dict[str, Any]:
+    """Run one check; its entry for the result file (status, error, traceback, seconds)."""
+    t0 = time.perf_counter()
+    try:
+        fn()
+        entry: dict[str, Any] = {"status": "done"}
+    except NotImplementedError as e:
+        entry = {"status": "unsupported", "error": f"NotImplementedError: {e}"}
+    except Exception as e:  # noqa: BLE001 - every failure is reported, the rest still runs
+        entry = {"status": "error", "error": f"{type(e).__name__}: {e}",
+                 "traceback": traceback.format_exc()[-4000:]}
+    entry["seconds"] = round(time.perf_counter() - t0, 3)
+    return entry
 
 
 # ---------------------------------------------------------------------- phase main
-def run_case(be: Any, name: str, case_dir: Path, device: str, events: _Events) -> None:
-    case = Case.from_dict(json.loads((case_dir / "case.json").read_text()))
-    if device != "cpu" and case.device != device:
-        return  # this case runs on the CPU only
-    spec = case.build_spec()
-    params, _ = checkpoint.load(case_dir / "weights.safetensors", spec, dtype=case.dtype)
-    with np.load(case_dir / "inputs.npz") as f:
-        inputs = {k: f[k] for k in f.files}
-    x, labels = inputs["x"], inputs["labels"]
-    out_dir = case_dir / name
-    out_dir.mkdir(parents=True, exist_ok=True)
+class _CaseRun:
+    """One backend on one case on one device: every check, results in ``arrays``/``report``."""
 
-    arrays: dict[str, np.ndarray] = {}
-    report: dict[str, Any] = {"backend": name, "device": device, "case": case.name,
-                              "checks": {}, "notes": [], "versions": _versions()}
-    notes: list[str] = report["notes"]
-    checks = [c for c in case.checks if c != "device"]
-    if device != "cpu":  # shapes and copying don't depend on the device
-        checks = [c for c in checks if c not in ("shapes", "copy")]
+    def __init__(self, be: Any, name: str, folder: CaseFolder, device: str) -> None:
+        self.be, self.name, self.folder, self.device = be, name, folder, device
+        self.case = folder.read_case()
+        self.spec = self.case.build_spec()
+        self.params = folder.read_weights(self.case)
+        self.inputs = folder.read_inputs()
+        self.arrays: dict[str, np.ndarray] = {}
+        self.report: dict[str, Any] = {"backend": name, "device": device, "case": self.case.name,
+                                       "checks": {}, "notes": [], "versions": _versions()}
+        self.notes: list[str] = self.report["notes"]
+        self.bdev: str | None = None
+        self._model: Any = None
 
-    bdev = _backend_device(be, device)
-    report["backend_devices"] = [str(d) for d in be.devices()]
-    if bdev is None:
-        for c in checks:
-            report["checks"][c] = {"status": "not available",
-                                   "error": f"backend offers devices {report['backend_devices']}"}
-            events(case=case.name, device=device, check=c, status="not available")
-        _save_json(out_dir / f"{device}.json", report)
-        return
+    def checks(self) -> list[str]:
+        """The case's checks this device runs (shapes and copying don't depend on it)."""
+        skip = ("device",) if self.device == "cpu" else ("device", "shapes", "copy")
+        return [c for c in CHECKS if self.case.has(c) and c not in skip]
 
-    model: Any = None
+    def build(self) -> Any:
+        return self.be.build(self.spec, device=self.bdev, seed=self.case.seed,
+                             dtype=self.case.dtype)
 
-    def fresh_model() -> Any:
-        nonlocal model
-        if model is None:
-            model = be.build(spec, device=bdev, seed=case.seed, dtype=case.dtype)
-        return model
+    def loaded(self) -> Any:
+        """The model with the case's weights (built once, reloaded for every check)."""
+        if self._model is None:
+            self._model = self.build()
+        self.be.load_canonical(self._model, self.params)
+        return self._model
 
-    def loaded_model() -> Any:
-        m = fresh_model()
-        be.load_canonical(m, params)
-        return m
+    def put(self, check: str, kind: str, name: str, value: Any, what: str) -> None:
+        self.arrays[key(check, kind, name)] = _np(value, what, self.notes)
 
-    def do_shapes() -> None:
-        # The model as built, with its framework's own initialisation: a wrong
-        # width then shows up here as a shape, not as a load_canonical error.
-        m = be.build(spec, device=bdev, seed=case.seed, dtype=case.dtype)
-        out = be.run(m, x, train=False)
+    def shapes(self) -> None:
+        # The model as built, not loaded: a wrong width shows up here as a shape,
+        # not as a load_canonical error.
+        out = self.be.run(self.build(), self.inputs["x"], train=False)
         shapes = {k: list(np.shape(v)) for k, v in out.stages.items()}
         shapes["@logits"] = list(np.shape(out.logits))
-        report["shapes"] = shapes
+        self.report["shapes"] = shapes
 
-    def do_copy() -> None:
-        m = loaded_model()
-        exported = be.export_canonical(m)
-        arr = {str(k): _np(v, f"export_canonical()[{k!r}]", notes) for k, v in exported.items()}
-        report["export_order"] = list(exported)
-        from safetensors.numpy import save_file
-
-        save_file({k: np.ascontiguousarray(v) for k, v in arr.items()},
-                  str(out_dir / "export.safetensors"))
-
-    def put_forward(check: str, out: Any, running: bool) -> None:
+    def forward(self, check: str) -> None:
+        train = check == "train"
+        out = self.be.run(self.loaded(), self.inputs["x"], train=train)
         for k, v in out.stages.items():
-            arrays[f"{check}{SEP}stage{SEP}{k}"] = _np(v, f"run(train={running}).stages[{k!r}]",
-                                                       notes)
-        arrays[f"{check}{SEP}logits"] = _np(out.logits, "run().logits", notes)
-        if running:
-            if out.running is None:
-                notes.append("run(train=True) returned running=None")
-            for k, v in (out.running or {}).items():
-                arrays[f"{check}{SEP}running{SEP}{k}"] = _np(v, f"running[{k!r}]", notes)
+            self.put(check, "stage", k, v, f"run(train={train}).stages[{k!r}]")
+        self.put(check, "output", "logits", out.logits, "run().logits")
+        if train and out.running is None:
+            self.notes.append("run(train=True) returned running=None")
+        for k, v in (out.running or {}).items() if train else ():
+            self.put(check, "running", k, v, f"running[{k!r}]")
 
-    def do_eval() -> None:
-        put_forward("eval", be.run(loaded_model(), x, train=False), False)
-
-    def do_train() -> None:
-        put_forward("train", be.run(loaded_model(), x, train=True), True)
-
-    def do_grad() -> None:
-        g = be.gradients(loaded_model(), x, labels)
-        arrays[f"grad{SEP}loss"] = np.asarray(float(g.loss))
-        arrays[f"grad{SEP}input"] = _np(g.input, "GradOutput.input", notes)
+    def grad(self) -> None:
+        g = self.be.gradients(self.loaded(), self.inputs["x"], self.inputs["labels"])
+        self.arrays[key("grad", "value", "loss")] = np.asarray(float(g.loss))
+        self.put("grad", "value", "input", g.input, "GradOutput.input")
         for k, v in g.params.items():
-            arrays[f"grad{SEP}param{SEP}{k}"] = _np(v, f"GradOutput.params[{k!r}]", notes)
+            self.put("grad", "param", k, v, f"GradOutput.params[{k!r}]")
 
-    def do_trajectory() -> None:
-        m = loaded_model()
-        batches = [(inputs["traj_x"][i], inputs["traj_labels"][i])
-                   for i in range(inputs["traj_x"].shape[0])]
-        losses = be.train_steps(m, batches, **SGD_DEFAULTS)
-        arrays[f"trajectory{SEP}losses"] = np.asarray([float(v) for v in losses])
-        trainable = {p.name for p in param_table(spec) if p.trainable}
-        for k, v in be.export_canonical(m).items():
+    def trajectory(self) -> None:
+        m = self.loaded()
+        tx, tl = self.inputs["traj_x"], self.inputs["traj_labels"]
+        losses = self.be.train_steps(m, [(tx[i], tl[i]) for i in range(tx.shape[0])],
+                                     **SGD_DEFAULTS)
+        self.arrays[key("trajectory", "value", "losses")] = np.asarray([float(v) for v in losses])
+        trainable = {p.name for p in param_table(self.spec) if p.trainable}
+        for k, v in self.be.export_canonical(m).items():
             if k in trainable:
-                arrays[f"trajectory{SEP}param{SEP}{k}"] = _np(v, f"export[{k!r}]", notes)
+                self.put("trajectory", "param", k, v, f"export_canonical()[{k!r}]")
 
-    steps: dict[str, Callable[[], None]] = {
-        "shapes": do_shapes, "copy": do_copy, "eval": do_eval, "train": do_train,
-        "grad": do_grad, "trajectory": do_trajectory,
-    }
-    for c in [c for c in ("shapes", "copy", "eval", "train", "grad", "trajectory") if c in checks]:
-        events(case=case.name, device=device, check=c, status="running")
-        t0 = time.perf_counter()
-        entry: dict[str, Any]
-        try:
-            steps[c]()
-            entry = {"status": "done"}
-        except NotImplementedError as e:
-            entry = {"status": "unsupported", "error": f"NotImplementedError: {e}"}
-        except Exception as e:  # noqa: BLE001 - every failure is reported, the rest still runs
-            entry = {"status": "error", "error": f"{type(e).__name__}: {e}",
-                     "traceback": traceback.format_exc()[-4000:]}
-            model = None  # a failed check may leave the model half-updated: rebuild
-        entry["seconds"] = round(time.perf_counter() - t0, 3)
-        report["checks"][c] = entry
-        events(case=case.name, device=device, check=c, status=entry["status"],
-               seconds=entry["seconds"])
-    _save_npz(out_dir / f"{device}.npz", arrays)
-    _save_json(out_dir / f"{device}.json", report)
+    def copy(self) -> None:
+        exported = self.be.export_canonical(self.loaded())
+        self.report["export_order"] = list(exported)
+        self.folder.write_export(self.name, {
+            str(k): _np(v, f"export_canonical()[{k!r}]", self.notes) for k, v in exported.items()})
+
+    def steps(self) -> dict[str, Callable[[], None]]:
+        return {"shapes": self.shapes, "eval": lambda: self.forward("eval"),
+                "train": lambda: self.forward("train"), "grad": self.grad,
+                "trajectory": self.trajectory, "copy": self.copy}
+
+
+def run_case(be: Any, name: str, folder: CaseFolder, device: str, events: _Events) -> None:
+    """Every check of one case on one device; writes ``<backend>/<device>.json|.npz``."""
+    r = _CaseRun(be, name, folder, device)
+    if device != "cpu" and r.case.device != device:
+        return  # this case runs on the CPU only
+    r.report["backend_devices"] = [str(d) for d in be.devices()]
+    r.bdev = _backend_device(be, device)
+    steps = r.steps()
+    for c in r.checks():
+        if r.bdev is None:
+            entry = {"status": "not available",
+                     "error": f"backend offers devices {r.report['backend_devices']}"}
+        else:
+            events(case=r.case.name, device=device, check=c, status="running")
+            entry = _attempt(steps[c])
+            if entry["status"] == "error":
+                r._model = None  # a failed check may leave the model half-updated: rebuild
+        r.report["checks"][c] = entry
+        events(case=r.case.name, device=device, check=c, status=entry["status"],
+               seconds=entry.get("seconds"))
+    folder.write_result(name, device, r.report, r.arrays)
 
 
 # ---------------------------------------------------------------------- phase copy
-def copy_case(be: Any, name: str, case_dir: Path, sources: Sequence[str], events: _Events) -> None:
+def copy_case(be: Any, name: str, folder: CaseFolder, sources: Sequence[str],
+              events: _Events) -> None:
     """canonical -> A -> canonical (A's export) -> this backend -> canonical, for every A."""
-    from safetensors.numpy import load_file
-
-    case = Case.from_dict(json.loads((case_dir / "case.json").read_text()))
-    spec = case.build_spec()
-    out_dir = case_dir / name
-    out_dir.mkdir(parents=True, exist_ok=True)
+    case = folder.read_case()
     report: dict[str, Any] = {"backend": name, "case": case.name, "sources": {}, "notes": []}
-    model: Any = None
+    model: list[Any] = []  # built on first use
+
+    def load_and_export(exported: dict[str, np.ndarray], src: str) -> None:
+        if not model:
+            model.append(be.build(case.build_spec(), device="cpu", seed=case.seed,
+                                  dtype=case.dtype))
+        be.load_canonical(model[0], exported)
+        arr = {str(k): _np(v, f"export_canonical()[{k!r}]", report["notes"])
+               for k, v in be.export_canonical(model[0]).items()}
+        folder.write_copy(name, src, arr)
+
     for src in sources:
-        if src == name:
-            continue
-        path = case_dir / src / "export.safetensors"
-        if not path.exists():
+        exported = None if src == name else folder.read_export(src)
+        if exported is None:
             continue
         events(case=case.name, device="cpu", check=f"copy<-{src}", status="running")
-        t0 = time.perf_counter()
-        try:
-            if model is None:
-                model = be.build(spec, device="cpu", seed=case.seed, dtype=case.dtype)
-            be.load_canonical(model, load_file(str(path)))
-            exported = be.export_canonical(model)
-            arr = {str(k): _np(v, f"export_canonical()[{k!r}]", report["notes"])
-                   for k, v in exported.items()}
-            _save_npz(out_dir / f"copy_from_{src}.npz", arr)
-            entry: dict[str, Any] = {"status": "done"}
-        except NotImplementedError as e:
-            entry = {"status": "unsupported", "error": f"NotImplementedError: {e}"}
-        except Exception as e:  # noqa: BLE001
-            entry = {"status": "error", "error": f"{type(e).__name__}: {e}",
-                     "traceback": traceback.format_exc()[-4000:]}
-            model = None
-        entry["seconds"] = round(time.perf_counter() - t0, 3)
+        entry = _attempt(lambda e=exported, s=src: load_and_export(e, s))
+        if entry["status"] == "error":
+            model.clear()
         report["sources"][src] = entry
         events(case=case.name, device="cpu", check=f"copy<-{src}", status=entry["status"])
-    _save_json(out_dir / "copy_phase.json", report)
+    folder.write_copy_phase(name, report)
 
 
 # ---------------------------------------------------------------------- entry point
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m densenet_multi.parity.worker")
     p.add_argument("--backend", required=True, help=f"a name: one of {sorted(BACKENDS)} or any")
     p.add_argument("--target", help="module, module:attr or file.py:attr offering the contract")
@@ -351,31 +315,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sources", default="", help="phase copy: backends whose exports to load")
     p.add_argument("--allow-tf32", action="store_true")
     p.add_argument("--events", type=Path)
-    args = p.parse_args(argv)
+    return p
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    run = RunFolder(args.run_dir)
     events = _Events(args.events)
     try:
         be = load_target(args.backend, args.target)
     except Exception as e:  # noqa: BLE001 - any import failure makes the backend MISSING
         reason = f"{type(e).__name__}: {e}"
-        _save_json(args.run_dir / "_workers" / f"{args.backend}.missing.json",
-                   {"backend": args.backend, "reason": reason,
-                    "traceback": traceback.format_exc()[-4000:]})
+        run.write_missing(args.backend, {"backend": args.backend, "reason": reason,
+                                         "traceback": traceback.format_exc()[-4000:]})
         print(f"backend {args.backend} cannot be imported: {reason}", file=sys.stderr)
         return EXIT_MISSING
     events(status="imported", versions=_versions())
-
-    cases = [c for c in args.cases.split(",") if c]
+    folders = [run.case(c) for c in args.cases.split(",") if c]
     if args.phase == "copy":
-        sources = [s for s in args.sources.split(",") if s]
-        for c in cases:
-            copy_case(be, args.backend, args.run_dir / c, sources, events)
+        for f in folders:
+            copy_case(be, args.backend, f, [s for s in args.sources.split(",") if s], events)
         return 0
     for device in [d for d in args.devices.split(",") if d]:
         if device != "cpu":
             _configure_precision(device, args.allow_tf32)
-        for c in cases:
-            run_case(be, args.backend, args.run_dir / c, device, events)
+        for f in folders:
+            run_case(be, args.backend, f, device, events)
     events(status="finished")
     return 0
 

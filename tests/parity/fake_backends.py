@@ -1,7 +1,8 @@
 """Fake backends in NumPy, built on densenet_multi.reference, some with deliberate bugs.
 
-Each module-level object below offers the backend contract (build,
-load_canonical, export_canonical, run, gradients, train_steps, devices) and
+Each module-level object below offers the backend contract
+(``backend.CONTRACT``: build, load_canonical, export_canonical, run,
+gradients, train_steps, devices, save_checkpoint, load_checkpoint, resolve) and
 is run by the real runner and worker in a subprocess
 (``--backends NAME=tests/parity/fake_backends.py:OBJECT``), so the tests
 exercise the whole harness. The bugs are the mistakes real ports make:
@@ -24,9 +25,25 @@ exercise the whole harness. The bugs are the mistakes real ports make:
   rounding rule (wrong when the spec says "ceil" and the width is odd).
 * ``grad_bug``: right forward, but the gradient of the transition1 kernel is
   scaled by 1.01.
+* ``bias_grad_bug``: the gradient of the transition1 conv *bias* (exactly 0 in
+  truth) set to half the magnitude of its kernel's gradient.
+* ``reuse_batch``: a trajectory that trains K times on the first batch.
+* ``momentum_ema``: SGD momentum in the other convention, ``v = mu v + (1 - mu) g``
+  (an exponential average) instead of PyTorch's ``v = mu v + g``.
+* ``trajectory_x11``: the right trajectory, then one final weight
+  (``features.denseblock1.denselayer1.conv2.weight``) multiplied by 11: a 1000% error.
+* ``float32_tape``: gradients and trajectory computed by the reference's tape in
+  float32 (a correct float32 implementation, with float32's rounding).
+* ``nan_stage``: NaN from block2 on (block2's output times NaN).
+* ``keras_eps``: every BatchNorm with Keras' default epsilon 1e-3 instead of the spec's.
+* ``drift``: block2 and all after it scaled by 1 + 8e-6 (within the tolerance: a
+  regression only against a baseline).
+* ``fixed_pool7``: Gluon model zoo's head, a fixed 7x7 average pool (stride 7)
+  instead of a global one: the same at 224x224 (7x7 features), the top-left 7x7
+  of 8x8 features at 256x256.
 
 ``gradients`` / ``train_steps``: ``good`` and the forward-bug fakes raise
-NotImplementedError (the "unsupported" path); ``autograd`` and ``grad_bug``
+NotImplementedError (the "unsupported" path); the others
 use the reference's tape (densenet_multi.reference_grad) in float64, rounded
 to the model's dtype (a float32 NumPy tape is less accurate than the frameworks), and
 ``grad_bug`` then scales the gradient of the transition1 kernel by 1.01.
@@ -50,7 +67,7 @@ from typing import Any
 
 import numpy as np
 
-from densenet_multi import layouts, reference, reference_grad
+from densenet_multi import checkpoint, layouts, reference, reference_grad
 from densenet_multi.backend import GradOutput, check_model_dtype
 from densenet_multi.params import init_params, param_table, validate_params
 from densenet_multi.reference import ForwardOutput, relu
@@ -107,7 +124,11 @@ class Fake:
                  int_rounding: bool = False, grads: bool = False,
                  grad_bug: bool = False, crash: bool = False, hang: bool = False,
                  raises: bool = False, gpu: bool = False, tf32: bool = False,
-                 float32_only: bool = False) -> None:
+                 float32_only: bool = False, bias_grad_bug: bool = False,
+                 reuse_batch: bool = False, momentum_ema: bool = False,
+                 scale_final: dict[str, float] | None = None, tape_dtype: str = "float64",
+                 nan_stage: str | None = None, bn_eps: float | None = None,
+                 fixed_pool: int | None = None, drift: float = 0.0) -> None:
         self.__dict__.update(locals())
         del self.__dict__["self"]
 
@@ -120,19 +141,41 @@ class Fake:
         if self.initial_width:
             m = InitialWidthSpec(**spec.to_dict())
         if self.momentum_convention:
-            m = m.replace(bn_momentum=spec.keras_bn_momentum)  # BUG: 0.9 as PyTorch's 0.1
+            # BUG: Keras' momentum (1 - PyTorch's: the weight of the *old* running value)
+            # plugged into PyTorch's formula, 0.9 as 0.1
+            m = m.replace(bn_momentum=1 - spec.bn_momentum)
+        if self.bn_eps is not None:
+            m = m.replace(bn_eps=self.bn_eps)  # BUG: the framework's default, not the spec's
         if self.int_rounding:
             m = m.replace(transition_rounding="floor")  # BUG: int(n * theta), spec ignored
         return m
 
     def build(self, spec: DenseNetSpec, *, device: str | None = None, seed: int = 0,
-              dtype: str = "float32") -> Model:
+              dtype: str = "float32", memory_efficient: bool = False) -> Model:
         mspec = self._mspec(spec)
         # BUG (float32_only): the dtype is ignored, a float64 case computes in float32
         model = Model(spec, mspec, {}, device or "cpu",
                       "float32" if self.float32_only else check_model_dtype(dtype))
-        self._store(model, init_params(mspec, seed + 12345))
+        self._store(model, init_params(mspec, seed, dtype=model.dtype))
         return model
+
+    def save_checkpoint(self, model: Model, path: Any, *, overwrite: bool = False) -> Any:
+        return checkpoint.save(path, self.export_canonical(model), model.spec,
+                               overwrite=overwrite, dtype=model.dtype)
+
+    def load_checkpoint(self, path: Any, spec: DenseNetSpec | None = None, *,
+                        device: str | None = None, dtype: str | None = None,
+                        memory_efficient: bool = False) -> Model:
+        params, spec = checkpoint.load(path, spec, dtype=None)
+        dt = dtype or str(next(iter(params.values())).dtype)
+        model = self.build(spec, device=device, dtype=dt)
+        self.load_canonical(model, params)
+        return model
+
+    def resolve(self, model: Model, part: Any) -> dict[str, np.ndarray]:
+        """The stored tensors under a canonical part path (``"features.transition1"``)."""
+        prefix = part if isinstance(part, str) else ".".join(map(str, part))
+        return {k: v for k, v in model.store.items() if k.startswith(prefix + ".")}
 
     def _store(self, model: Model, params: dict[str, np.ndarray]) -> None:
         kinds = {p.name: p.kind for p in param_table(model.mspec)}
@@ -180,12 +223,7 @@ class Fake:
         check_input_dtype(x.dtype)
         x = x.astype(model.dtype)
         check_input_shape(model.spec, x.shape)
-        out = self._forward(model, x, train)
-        if train:
-            # a train-mode forward updates the model's running statistics
-            for k, v in out.running.items():
-                model.store[k] = v.astype(model.dtype)
-        return out
+        return self._forward(model, x, train)  # leaves the model as it was (the contract)
 
     def _forward(self, model: Model, x: np.ndarray, train: bool) -> ForwardOutput:
         s = model.mspec
@@ -213,13 +251,22 @@ class Fake:
         stages["stem"] = y
         for bp in s.channel_plan.blocks:
             y = reference.dense_block(ctx, y, bp.index, bp.num_layers)
+            if self.nan_stage == f"block{bp.index}":
+                y = y * np.nan  # BUG
+            if self.drift and bp.index == 2:
+                y = y * (1 + self.drift)  # a drift within the tolerance (baseline tests)
             stages[f"block{bp.index}"] = y
             if bp.index < s.num_blocks:
                 y = reference.transition(ctx, y, bp.index)
                 stages[f"transition{bp.index}"] = y
         y = relu(ctx.bn(y, "features.norm5"))
         stages["features"] = y
-        stages["pooled"] = y.mean(axis=(2, 3))
+        if self.fixed_pool:
+            # BUG: a fixed k x k average pool (stride k), Gluon zoo's AvgPool2D(7)
+            k = self.fixed_pool
+            stages["pooled"] = reference.avg_pool(y, ConvGeometry(k, k, 0))[:, :, 0, 0]
+        else:
+            stages["pooled"] = y.mean(axis=(2, 3))
         logits = stages["pooled"] @ p["classifier.weight"].T + p["classifier.bias"]
         stages["logits"] = logits
         return ForwardOutput(logits, stages, ctx.running)
@@ -228,21 +275,50 @@ class Fake:
         if not (self.grads or self.grad_bug):
             raise NotImplementedError("this fake has no gradients")
         r = reference_grad.gradients(model.mspec, self.export_canonical(model), x, labels,
-                                     dtype="float64")
+                                     dtype=self.tape_dtype)
         grads = {k: v.astype(model.dtype) for k, v in r.params.items()}
         if self.grad_bug:
             k = "features.transition1.conv.weight"
             grads[k] = grads[k] * 1.01  # BUG
+        if self.bias_grad_bug:
+            w = np.abs(grads["features.transition1.conv.weight"]).max()
+            b = grads["features.transition1.conv.bias"]
+            grads["features.transition1.conv.bias"] = np.full_like(b, 0.5 * w)  # BUG
         return GradOutput(r.loss, grads, r.input.astype(model.dtype))
 
     def train_steps(self, model: Model, batches: Any, *, lr: float, momentum: float) -> list[float]:
         if not self.grads:
             raise NotImplementedError("this fake cannot train")
-        losses, final = reference_grad.train_steps(model.mspec, self.export_canonical(model),
-                                                   list(batches), lr=lr, momentum=momentum,
-                                                   dtype="float64")
+        batches = list(batches)
+        if self.reuse_batch:
+            batches = [batches[0]] * len(batches)  # BUG: the first batch K times
+        if self.momentum_ema:
+            losses, final = _ema_steps(model.mspec, self.export_canonical(model), batches, lr,
+                                       momentum)
+        else:
+            losses, final = reference_grad.train_steps(
+                model.mspec, self.export_canonical(model), batches, lr=lr, momentum=momentum,
+                dtype=self.tape_dtype)
+        for k, f in (self.scale_final or {}).items():
+            final[k] = final[k] * f  # BUG
         self._store(model, dict(final))
         return losses
+
+
+def _ema_steps(spec: DenseNetSpec, params: dict[str, np.ndarray], batches: list, lr: float,
+               momentum: float) -> tuple[list[float], dict[str, np.ndarray]]:
+    """SGD whose momentum is an exponential average of the gradients (the BUG)."""
+    cur = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    velocity: dict[str, np.ndarray] = {}
+    losses = []
+    for x, y in batches:
+        r = reference_grad.gradients(spec, cur, x, y, dtype="float64")
+        losses.append(r.loss)
+        for k, g in r.params.items():
+            velocity[k] = momentum * velocity.get(k, 0.0) + (1 - momentum) * g
+            cur[k] = cur[k] - lr * velocity[k]
+        cur.update(r.output.running)
+    return losses, cur
 
 
 good = Fake()
@@ -263,3 +339,15 @@ fake_gpu = Fake(gpu=True, grads=True)
 fake_gpu_tf32 = Fake(gpu=True, grads=True, tf32=True)
 #: builds float32 whatever dtype it is asked for
 float32_only = Fake(grads=True, float32_only=True)
+bias_grad_bug = Fake(grads=True, bias_grad_bug=True)
+reuse_batch = Fake(grads=True, reuse_batch=True)
+momentum_ema = Fake(grads=True, momentum_ema=True)
+trajectory_x11 = Fake(grads=True,
+                      scale_final={"features.denseblock1.denselayer1.conv2.weight": 11.0})
+float32_tape = Fake(grads=True, tape_dtype="float32")
+nan_stage = Fake(nan_stage="block2")
+keras_eps = Fake(bn_eps=1e-3)
+fixed_pool7 = Fake(fixed_pool=7)
+#: block2 and everything after it 8e-6 off: within the eval tolerance (1e-5), but far
+#: more than a correct float32 backend's error (~1e-7): a regression against a baseline
+drift = Fake(drift=8e-6)

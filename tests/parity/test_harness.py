@@ -8,32 +8,36 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from parity_helpers import FAKES, TINY_IMAGENET, cell, fake, run
+from parity_helpers import FAKES, TINY_BC, TINY_IMAGENET, cell, fake, run
 
 from densenet_multi.params import param_table
 from densenet_multi.parity import cli
 from densenet_multi.parity.cases import CHECKS, DEFAULT_CASES, Case, get_cases, make_inputs
 from densenet_multi.parity.compare import (
-    FAIL,
-    ILL,
-    MISSING,
-    PASS,
+    ILL_FACTOR,
     Cell,
+    Item,
+    compare_entries,
     compare_exact,
     compare_items,
-    grad_items,
-    trajectory_items,
-    worst_status,
+    entries,
+    mark_ill,
+    status_of,
 )
 from densenet_multi.parity.report import exit_status
+from densenet_multi.parity.runfolder import key
 from densenet_multi.parity.runner import (
     BackendTarget,
     find_project_root,
     parse_backends,
     resolve_python,
 )
+from densenet_multi.parity.status import Status, fails_run, worst
 from densenet_multi.spec import get_spec
-from densenet_multi.testing import TOLERANCES, tolerance
+from densenet_multi.testing import TOLERANCES, compare, tolerance
+
+PASS, FAIL, ERROR, ILL, MISSING = (Status.PASS, Status.FAIL, Status.ERROR, Status.ILL,
+                                   Status.MISSING)
 
 
 # ---------------------------------------------------------------------- cases
@@ -84,8 +88,14 @@ def test_inputs_are_seeded_and_integer_labels():
         np.testing.assert_array_equal(a[k], b[k])
     assert a["x"].shape == (2, 3, 32, 32) and a["x"].dtype == np.float32
     assert a["labels"].dtype == np.int64 and a["labels"].max() < 10
-    assert a["traj_x"].shape == (3, 2, 3, 32, 32)
+    assert a["traj_x"].shape == (3, 2, 3, 32, 32) and a["traj_labels"].shape == (3, 2)
     assert not np.array_equal(make_inputs(c.with_(seed=1))["x"], a["x"])
+    # K different batches, one per step (a backend that reuses the first one fails)
+    for i in range(3):
+        for j in range(i):
+            assert not np.array_equal(a["traj_x"][i], a["traj_x"][j])
+        assert not np.array_equal(a["traj_x"][i], a["x"])
+    assert make_inputs(c.with_(dtype="float64"))["traj_x"].dtype == np.float64
 
 
 # ---------------------------------------------------------------------- comparison
@@ -123,10 +133,54 @@ def test_missing_unexpected_and_misshapen_outputs_fail():
     assert by["stem"].status == FAIL and by["stem"].actual_shape == [2, 3]
     assert by["logits"].status == FAIL and "missing" in by["logits"].note
     assert by["extra"].status == FAIL and "unexpected" in by["extra"].note
+    # an item the expected side lacks is an error naming that side, never skipped
+    items = compare_items({"stem": np.ones(2), "logits": np.ones(3)}, {"stem": np.ones(2)},
+                          ["stem", "logits"], "eval", "float32", sides=("torch", "flax"))
+    assert [i.status for i in items] == [PASS, ERROR]
+    assert items[1].note == "missing from flax"
     nan = compare_items({"t": np.array([np.nan])}, {"t": np.array([1.0])}, ["t"], "eval",
                         "float32")
     assert nan[0].status == FAIL
 
+
+@pytest.mark.parametrize("a, b", [
+    ([np.nan, 1.0], [np.nan, 1.0]),  # NaN in the same places on both sides
+    ([np.inf, 1.0], [np.inf, 1.0]),
+    ([-np.inf], [-np.inf]),
+    ([1.0, np.nan], [1.0, 2.0]),
+    ([1.0, 2.0], [np.nan, 2.0]),
+])
+def test_nan_or_inf_anywhere_is_fail(a, b):
+    c = compare("t", np.array(a), np.array(b), 1e-5)
+    assert not c.ok and c.nonfinite and "NaN or inf" in str(c)
+    (it,) = compare_items({"t": np.array(a)}, {"t": np.array(b)}, ["t"], "eval", "float32")
+    assert it.status == FAIL and it.rel is None and "NaN or inf" in it.note
+    assert compare("t", np.array([1.0, 2.0]), np.array([1.0, 2.0]), 1e-5).ok
+
+
+def test_every_item_of_the_spec_is_compared_and_none_is_never_pass():
+    spec = get_spec("densenet40_k12", block_config=(1, 1), growth_rate=2)
+    trainable = [p.name for p in param_table(spec) if p.trainable]
+    running = [p.name for p in param_table(spec) if not p.trainable]
+    assert [e.name for e in entries(spec, "eval")] == [*spec.stage_names, "logits"]
+    assert [e.name for e in entries(spec, "train")][-len(running):] == running
+    assert [e.name for e in entries(spec, "grad")] == ["loss", *trainable, "input"]
+    assert [e.name for e in entries(spec, "trajectory")] == ["losses", *trainable]
+    # a result with every item but one, against a reference with every item but another
+    ents = entries(spec, "eval")
+    full = {key("eval", e.kind, e.name): np.ones(2) for e in ents}
+    A = {k: v for k, v in full.items() if k != key("eval", "stage", "block1")}
+    B = {k: v for k, v in full.items() if k != key("eval", "stage", "pooled")}
+    B[key("eval", "stage", "extra")] = np.ones(2)  # the reference's extras are not items
+    A[key("eval", "stage", "bogus")] = np.ones(2)  # the result's are: FAIL
+    items = compare_entries(A, B, "eval", ents, "float32", sides=("a", "b"), full=ents)
+    by = {i.item: (i.status, i.note) for i in items}
+    assert len(items) == len(ents) + 1
+    assert by["stage bogus"] == (FAIL, "unexpected in a")
+    assert by["block1"] == (FAIL, "missing from a")
+    assert by["pooled"] == (ERROR, "missing from b")
+    assert status_of(items) == FAIL
+    assert status_of([]) == ERROR  # nothing compared is never a pass
 
 def test_conv_bias_gradient_is_measured_against_its_kernel_gradient():
     # A conv bias feeding train-mode BNs has a zero gradient: rounding noise only.
@@ -150,40 +204,73 @@ def test_copy_is_bit_exact_dtype_included():
     assert compare_exact({"a": nudged}, exp, ["a"], "float32")[0].status == FAIL
 
 
-def test_ill_conditioned_trajectory_items_are_not_passed_and_not_failed():
-    A = {"trajectory::losses": np.array([1.0, 1.0]), "trajectory::param::w": np.array([1.01]),
-         "trajectory::param::v": np.array([1.01])}
-    B = {"trajectory::losses": np.array([1.0, 1.0]), "trajectory::param::w": np.array([1.0]),
-         "trajectory::param::v": np.array([1.0])}
-    items = trajectory_items(A, B, ["w", "v"], "trajectory", "float32",
-                             spread={"w": np.array(0.05), "v": np.array(1e-7)})
-    by = {i.item: i.status for i in items}
-    assert by == {"losses": PASS, "w": ILL, "v": FAIL}
-    assert worst_status([PASS, ILL]) == ILL and worst_status([ILL, FAIL]) == FAIL
-    spec = get_spec("densenet40_k12", block_config=(1, 1), growth_rate=2)
-    names = [p.name for p in param_table(spec) if p.trainable]
-    G = {f"grad::param::{n}": np.ones(3) for n in names} | {"grad::loss": np.array(1.0),
-                                                             "grad::input": np.ones(2)}
-    H = dict(G, **{f"grad::param::{names[0]}": np.full(3, 1.1), "grad::input": np.full(2, 1.1)})
-    items = grad_items(H, G, spec, names, "grad", "float32",
-                       spread={names[0]: np.array(0.5), "input": np.array(1e-9)})
-    by = {i.item: i.status for i in items}
-    assert by[names[0]] == ILL and by["input"] == FAIL and by["loss"] == PASS
+def _ill_items(rel: float, spread_abs: float, scale: float = 1.0, tol: float = 1e-4):
+    it = Item("w", FAIL, max_abs=rel * scale, scale=scale, rel=rel, tol=tol)
+    ref = {key("trajectory", "spread", "w"): np.array(spread_abs),
+           key("trajectory", "probe", "rel"): np.array(1e-6)}
+    mark_ill([it], ref, "trajectory")
+    return it
 
 
-def test_exit_status_policy():
+def test_ill_conditioned_only_within_10x_of_the_reference_s_own_spread():
+    assert ILL_FACTOR == 10
+    # the reference moves 2e-4 (beyond the 1e-4 tolerance)
+    assert _ill_items(5e-4, 2e-4).status == ILL  # 2.5x its spread
+    assert _ill_items(2e-3, 2e-4).status == ILL  # exactly 10x
+    it = _ill_items(10.0, 2e-4)  # a weight 1000% wrong
+    assert it.status == FAIL and "more than 10x" in it.note
+    assert _ill_items(2.1e-3, 2e-4).status == FAIL
+    # where the reference is stable, FAIL stays FAIL however close
+    assert _ill_items(2e-4, 5e-5).status == FAIL
+    # the spread is measured on the item's scale (here a conv bias: its kernel's)
+    it = _ill_items(0.5, spread_abs=1e-9, scale=0.3)
+    assert it.status == FAIL and it.spread == pytest.approx(1e-9 / 0.3)
+    # the note names the probe size the reference stored (1e-13 for float64 cases)
+    ref = {key("grad", "spread", "w"): np.array(5e-3), key("grad", "probe", "rel"): np.array(1e-13)}
+    it = Item("w", FAIL, max_abs=1e-2, scale=1.0, rel=1e-2, tol=1e-10)
+    mark_ill([it], ref, "grad")
+    assert it.status == ILL and "perturbed by 1e-13 of their size" in it.note
+    # NaN is never ill-conditioned
+    it = Item("w", FAIL, tol=1e-4, scale=1.0, note="NaN or inf in a")
+    mark_ill([it], ref, "grad")
+    assert it.status == FAIL
+
+
+@pytest.mark.parametrize("status, always, with_require_all", [
+    (Status.PASS, False, False),
+    (Status.NA, False, False),
+    (Status.FAIL, True, True),
+    (Status.ERROR, True, True),
+    (Status.CRASHED, True, True),
+    (Status.TIMEOUT, True, True),
+    (Status.MISSING, False, True),
+    (Status.UNSUPPORTED, False, True),
+    (Status.NOT_AVAILABLE, False, True),
+    (Status.ILL, False, True),
+    (Status.UNPAIRED, False, True),
+    (Status.SKIPPED, False, True),
+    (Status.REGRESSED, False, True),
+    ("no such status", True, True),
+])
+def test_one_rule_decides_which_statuses_fail_the_run(status, always, with_require_all):
+    assert fails_run(status) is always
+    assert fails_run(status, require_all=True) is with_require_all
+    assert fails_run(str(status), require_all=True) is with_require_all  # as read back from JSON
+
     class CC:
-        def __init__(self, *statuses):
-            self.cells = [Cell("c", "eval", "b", "reference", s) for s in statuses]
+        cells = [Cell("c", "eval", "b", "reference", PASS), Cell("c", "eval", "b", "x", status)]
 
-    assert exit_status([CC(PASS, PASS)]) == 0
-    assert exit_status([CC(PASS, FAIL)]) == 1
-    assert exit_status([CC(PASS, "error")]) == 1
-    assert exit_status([CC(PASS, "crashed")]) == 1
-    assert exit_status([CC(PASS, MISSING)]) == 0
-    assert exit_status([CC(PASS, MISSING)], require_all=True) == 1
-    assert exit_status([CC(PASS, "unsupported")], require_all=True) == 1
-    assert exit_status([CC(PASS, "not available", ILL)], require_all=True) == 0
+    assert exit_status([CC()]) == int(always)
+    assert exit_status([CC()], require_all=True) == int(with_require_all)
+
+
+def test_every_status_is_in_the_rule():
+    assert {s.value for s in Status} >= {"pass", "FAIL", "error", "crashed", "timeout", "missing",
+                                         "unsupported", "not available", "ill-conditioned",
+                                         "unpaired", "skipped", "regressed", "n/a"}
+    assert f"{Status.FAIL}" == "FAIL" and str(Status.ILL) == "ill-conditioned"
+    assert worst([PASS, ILL, FAIL]) == FAIL and worst([PASS, ILL]) == ILL
+    assert worst([PASS, "weird"]) == "weird" and worst([]) == Status.NA
 
 
 # ---------------------------------------------------------------------- interpreters
@@ -252,11 +339,15 @@ def test_crash_and_timeout_are_reported_with_the_log_and_the_others_still_run(fa
 
 
 # ---------------------------------------------------------------------- CLI and report files
+def _case_file(tmp_path: Path, *cases: Case) -> str:
+    path = tmp_path / "cases.json"
+    path.write_text(json.dumps([c.to_dict() for c in cases]))
+    return str(path)
+
+
 def test_cli_writes_reports_and_exit_codes(tmp_path, capsys):
-    spec = json.dumps([Case("tiny", TINY_IMAGENET, (32, 32),
-                            checks=("shapes", "eval", "train", "copy")).to_dict()])
-    (tmp_path / "cases.json").write_text(spec)
-    base = ["--case-file", str(tmp_path / "cases.json"), "--no-progress",
+    case = Case("tiny", TINY_IMAGENET, (32, 32), checks=("shapes", "eval", "train", "copy"))
+    base = ["--case-file", _case_file(tmp_path, case), "--no-progress", "--no-baseline",
             "--python", "torch=/nonexistent/python"]
     out = tmp_path / "ok"
     code = cli.main([*base, "--backends", f"torch,a={FAKES}:good,b={FAKES}:channels_last",
@@ -269,7 +360,7 @@ def test_cli_writes_reports_and_exit_codes(tmp_path, capsys):
     comps = report["cases"][0]["comparisons"]
     ev = next(c for c in comps if c["check"] == "eval" and c["subject"] == "a")
     assert [i["item"] for i in ev["items"]][:2] == ["stem", "block1"]
-    assert {"max_abs", "rel", "tol", "status"} <= set(ev["items"][0])
+    assert {"max_abs", "rel", "tol", "status", "spread"} <= set(ev["items"][0])
     md = (out / "report.md").read_text()
     assert "| a |" in md and "missing" in md
     assert not list(out.glob("*/*/copy_from_*.npz"))  # compared, then dropped
@@ -286,6 +377,109 @@ def test_cli_writes_reports_and_exit_codes(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "stem" in text and "FAIL" in text
     assert cli.main(["--cases", "nope"]) == 2
+
+
+def test_report_json_has_the_flat_items_versions_and_machine(tmp_path):
+    """The schema runfolder.py documents and baseline.py reads: one item per compared
+    tensor, flat; the versions per backend; the machine."""
+    from densenet_multi.parity.baseline import validate_report
+
+    case = Case("tiny", TINY_IMAGENET, (32, 32), checks=("shapes", "eval", "train", "copy"))
+    out = tmp_path / "run"
+    assert cli.main(["--case-file", _case_file(tmp_path, case), "--no-progress",
+                     "--no-baseline", "--backends", f"a={FAKES}:good,b={FAKES}:channels_last",
+                     "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    validate_report(report, "this run")  # the baseline's reader accepts it
+    items = report["items"]
+    assert set(items[0]) == {"case", "check", "subject", "against", "name", "error",
+                             "tolerance", "status"}
+    n_cells = sum(len(c["items"]) for cc in report["cases"] for c in cc["comparisons"])
+    assert len(items) == n_cells
+    by = {(i["check"], i["subject"], i["against"], i["name"]): i for i in items}
+    stem = by["eval", "a", "reference", "stem"]
+    assert stem["status"] == "pass" and 0 < stem["error"] < stem["tolerance"] == 1e-5
+    assert by["eval", "a~b", "b", "stem"]["status"] == "pass"
+    assert by["copy", "a->b", "canonical", "features.conv0.weight"]["tolerance"] == 0.0
+    assert by["shapes", "a", "spec", "stem"]["error"] is None
+    assert {"python", "numpy"} <= set(report["versions"]["a"])
+    assert {"platform", "cpu_count", "python"} <= set(report["machine"])
+    assert report["require_all"] is False
+
+
+def test_device_cuda_with_require_all_fails_without_a_gpu(tmp_path):
+    case = Case("tiny", TINY_IMAGENET, (32, 32), checks=("eval",))
+    base = ["--case-file", _case_file(tmp_path, case), "--no-progress", "--no-baseline",
+            "--backends", f"a={FAKES}:good", "--device", "cuda"]
+    assert cli.main([*base, "--out", str(tmp_path / "r1")]) == 0
+    report = json.loads((tmp_path / "r1" / "report.json").read_text())
+    dev = [c for c in report["cells"] if c["check"] == "device"]
+    assert [c["status"] for c in dev] == ["not available"]
+    assert cli.main([*base, "--require-all", "--out", str(tmp_path / "r2")]) == 1
+
+
+def test_unpaired_is_decided_by_the_comparison(tmp_path):
+    """Gradients referenced by their loss only (Case.reference without grad), and no other
+    backend to pair with: 'unpaired', which fails --require-all; with a partner: pass."""
+    case = Case("bc", TINY_BC, (16, 16), checks=("grad", "trajectory"), reference=(), steps=2)
+    _, ccs = run(tmp_path / "one", [case], [fake("autograd")])
+    cc = ccs["bc"]
+    for check in ("grad", "trajectory"):
+        c = cell(cc, check, "autograd")
+        assert c.status == Status.UNPAIRED and "no other backend" in c.message
+    assert exit_status([cc]) == 0 and exit_status([cc], require_all=True) == 1
+    _, ccs = run(tmp_path / "two", [case], [fake("autograd"), fake("a2", "autograd")])
+    cc = ccs["bc"]
+    assert cell(cc, "grad", "autograd").status == PASS
+    assert cell(cc, "grad", "autograd~a2").status == PASS
+    assert exit_status([cc], require_all=True) == 0
+
+
+def test_baseline_column_and_regressed_under_require_all(tmp_path, capsys):
+    """A run compared with an earlier run's report.json: an error that grew past 10x (still
+    within the tolerance) is 'regressed', named in the terminal and report.md, and fails
+    the run only with --require-all."""
+    case = Case("tiny", TINY_IMAGENET, (32, 32), checks=("eval",))
+    base = ["--case-file", _case_file(tmp_path, case), "--no-progress"]
+    assert cli.main([*base, "--no-baseline", "--backends", f"a={FAKES}:good",
+                     "--out", str(tmp_path / "before")]) == 0
+    baseline = str(tmp_path / "before" / "report.json")
+    capsys.readouterr()
+    after = [*base, "--baseline", baseline, "--backends", f"a={FAKES}:drift"]
+    assert cli.main([*after, "--out", str(tmp_path / "after")]) == 0  # within tolerance
+    text = capsys.readouterr().out
+    assert "vs baseline" in text and "REGRESSED block2" in text
+    report = json.loads((tmp_path / "after" / "report.json").read_text())
+    assert report["baseline"]["ok"] is False
+    regressed = [i for i in report["baseline"]["items"] if i["verdict"] == "regressed"]
+    assert regressed[0]["name"] == "block2"
+    md = (tmp_path / "after" / "report.md").read_text()
+    assert "vs baseline" in md and "REGRESSED block2" in md
+    assert cli.main([*after, "--require-all", "--out", str(tmp_path / "strict")]) == 1
+    # the same backend again: nothing regressed
+    assert cli.main([*base, "--baseline", baseline, "--require-all", "--backends",
+                     f"a={FAKES}:good", "--out", str(tmp_path / "same")]) == 0
+    # a baseline that is not a report is a usage error, before anything runs
+    (tmp_path / "bad.json").write_text("{}")
+    assert cli.main([*base, "--baseline", str(tmp_path / "bad.json"), "--backends",
+                     f"a={FAKES}:good", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_default_baseline_is_the_committed_one_when_present(tmp_path, monkeypatch):
+    from densenet_multi.parity.baseline import DEFAULT_BASELINE
+
+    monkeypatch.chdir(tmp_path)
+    args = cli.build_parser().parse_args([])
+    committed = find_project_root() / DEFAULT_BASELINE
+    assert cli._baseline_path(args) == (committed if committed.is_file() else None)
+    (tmp_path / DEFAULT_BASELINE).parent.mkdir(parents=True)
+    (tmp_path / DEFAULT_BASELINE).write_text("{}")
+    assert cli._baseline_path(args) == tmp_path / DEFAULT_BASELINE
+    assert cli._baseline_path(cli.build_parser().parse_args(["--no-baseline"])) is None
+    assert cli._baseline_path(cli.build_parser().parse_args(["--baseline", "b.json"])) == \
+        Path("b.json")
+    assert args.out == "parity/runs/latest"
 
 
 def test_reports_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
@@ -315,13 +509,13 @@ def test_gpu_checks_say_not_available_without_a_gpu(tmp_path):
     case = Case("tiny", TINY_IMAGENET, (32, 32), checks=("eval", "device"), device="cuda")
     _, ccs = run(tmp_path, [case], [fake("good")])
     c = cell(ccs["tiny"], "device", "good")
-    assert c.status == "not available"
+    assert c.status == Status.NOT_AVAILABLE
     assert cell(ccs["tiny"], "eval", "good").status == PASS
+    assert exit_status([ccs["tiny"]]) == 0
+    assert exit_status([ccs["tiny"]], require_all=True) == 1
 
 
 def test_device_check_compares_the_gpu_run_with_the_cpu_run(tmp_path):
-    from parity_helpers import TINY_BC
-
     case = Case("bc", TINY_BC, (16, 16), checks=("eval", "train", "grad", "device"),
                 device="cuda")
     _, ccs = run(tmp_path, [case], [fake("fake_gpu"), fake("fake_gpu_tf32"), fake("good")])
@@ -331,7 +525,7 @@ def test_device_check_compares_the_gpu_run_with_the_cpu_run(tmp_path):
     bad = cell(cc, "device", "fake_gpu_tf32")
     assert bad.status == FAIL and bad.first_fail.item == "eval stem"
     assert cell(cc, "eval", "fake_gpu_tf32").status == PASS  # its CPU run is right
-    assert cell(cc, "device", "good").status == "not available"
+    assert cell(cc, "device", "good").status == Status.NOT_AVAILABLE
 
 
 def test_checks_listed_everywhere():
