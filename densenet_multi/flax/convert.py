@@ -6,28 +6,26 @@ The Flax model keeps HWIO kernels and (in, out) dense kernels. Three small
 pieces do the whole job:
 
 * :func:`resolve` maps a :class:`~densenet_multi.params.ModuleRef` ``part``
-  (a structural path such as ``("block", 0, "layer", 3, "conv2")``) to the
-  NNX layer in our tree -- the only place that knows both structures;
+  (``("block", 0, "layer", 3, "conv2")``) to the NNX layer. The module tree
+  carries the canonical names (``features.denseblock1.denselayer4.conv2``), so
+  it walks the canonical prefix the parameter table gives for the part;
 * :data:`ATTRIBUTES` maps a canonical attribute (``weight``, ``running_var``,
   ...) to the NNX variable name (``kernel``, ``var``, ...);
 * the layout change goes through :func:`densenet_multi.layouts.param_to_channels_last`
   and :func:`~densenet_multi.layouts.param_from_channels_last` and nowhere else.
 
-Names are never assembled from strings here: they come from
-:func:`densenet_multi.params.module_table`.
-
 Dtypes: a canonical array is cast to the dtype of the variable it goes into
 (the model's ``param_dtype``; running statistics at least float32), and comes
 back out in that dtype, so a float64 model round-trips float64 parameters bit
 for bit. For a float64 model both functions run under ``jax.enable_x64(True)``
-(:func:`in_model_dtype`), so they work whether or not JAX's 64-bit mode is on.
+(:func:`~densenet_multi.flax._x64.in_model_dtype`).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,18 +33,13 @@ import numpy as np
 from flax import nnx
 
 from ..layouts import param_from_channels_last, param_to_channels_last
-from ..params import (
-    DENSE_LAYER_UNITS,
-    ModuleRef,
-    ParameterError,
-    ParamInfo,
-    module_table,
-    validate_params,
-)
-from .densenet import DenseNet, x64_scope
+from ..params import ModuleRef, ParameterError, ParamInfo, module_table, validate_params
+from ..spec import DenseNetSpec
+from ._x64 import in_model_dtype
+from .densenet import DenseNet
 
 __all__ = ["ATTRIBUTES", "resolve", "variables", "load_canonical", "export_canonical",
-           "model_device", "in_model_dtype"]
+           "model_device"]
 
 #: (ModuleRef.kind, canonical attribute) -> NNX variable attribute of that layer.
 ATTRIBUTES: dict[tuple[str, str], str] = {
@@ -60,42 +53,25 @@ ATTRIBUTES: dict[tuple[str, str], str] = {
     ("linear", "bias"): "bias",
 }
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
 
-
-def in_model_dtype(fn: Callable[Concatenate[DenseNet, _P], _R]) -> Callable[Concatenate[DenseNet, _P], _R]:
-    """Run ``fn(model, ...)`` with JAX's 64-bit mode on when ``model`` is float64
-    (``jax.enable_x64(True)``, thread-local and undone on return), as it is for a
-    float32 model otherwise. Everything that creates, traces or reads arrays for a
-    model goes through this, so float64 models work without global JAX config.
-    (jit caches are keyed on the x64 mode too: functions traced under it never
-    serve a float32 call, or the other way round.)"""
-
-    @functools.wraps(fn)
-    def wrapper(model: DenseNet, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        with x64_scope(model.needs_x64):
-            return fn(model, *args, **kwargs)
-
-    return wrapper
+@functools.lru_cache(maxsize=32)
+def _prefixes(spec: DenseNetSpec) -> dict[tuple[Any, ...], str]:
+    return {ref.part: ref.prefix for ref in module_table(spec)}
 
 
 def resolve(model: DenseNet, part: tuple[Any, ...]) -> nnx.Module:
     """The NNX layer (``nnx.Conv``, ``nnx.BatchNorm`` or ``nnx.Linear``) at a
-    :class:`~densenet_multi.params.ModuleRef` ``part`` path."""
-    head = part[0]
-    if head == "stem":  # ("stem", "conv0" | "norm0")
-        return getattr(model, part[1])
-    if head == "block":  # ("block", b, "layer", l, name)
-        _, b, _, l, name = part
-        block_name, layer_name = DENSE_LAYER_UNITS[name]
-        return getattr(getattr(model.blocks[b].layers[l], block_name), layer_name)
-    if head == "transition":  # ("transition", t, "norm" | "conv")
-        _, t, name = part
-        return getattr(model.transitions[t].block, name)
-    if head in ("norm5", "classifier"):
-        return getattr(model, head)
-    raise KeyError(f"unknown module path {part!r}")
+    :class:`~densenet_multi.params.ModuleRef` ``part`` path: ``("stem", "conv0" |
+    "norm0")``, ``("block", b, "layer", l, name)``, ``("transition", t, "norm" |
+    "conv")``, ``("norm5",)``, ``("classifier",)`` (0-based indices)."""
+    try:
+        prefix = _prefixes(model.spec)[tuple(part)]
+    except KeyError:
+        raise KeyError(f"unknown canonical part path {part!r}") from None
+    node: Any = model
+    for name in prefix.split("."):  # features -> denseblock1 -> denselayer4 -> conv2
+        node = getattr(node, name)
+    return node
 
 
 def variables(model: DenseNet) -> Iterator[tuple[ModuleRef, ParamInfo, nnx.Variable]]:
@@ -108,12 +84,8 @@ def variables(model: DenseNet) -> Iterator[tuple[ModuleRef, ParamInfo, nnx.Varia
 
 def model_device(model: DenseNet) -> jax.Device | None:
     """The device holding the model's parameters (None for an abstract model)."""
-    for _, _, var in variables(model):
-        value = var.get_value()
-        if isinstance(value, jax.Array):
-            return next(iter(value.devices()))
-        return None
-    return None
+    value = model.classifier.kernel.get_value()
+    return next(iter(value.devices())) if isinstance(value, jax.Array) else None
 
 
 @in_model_dtype

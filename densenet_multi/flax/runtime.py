@@ -2,32 +2,36 @@
 
 Everything crossing this boundary is canonical: NCHW numpy batches in, NCHW
 numpy stages out, torchvision names and PyTorch layouts for parameters and
-gradients. Inside, the model is NHWC and every forward, gradient and training
-step is ``jit``-compiled (``nnx.jit`` / ``jax.jit``); compiled functions are
-cached per model structure and mode.
+gradients. Inside, the model is NHWC, and every forward, gradient and training
+step is ``jit``-compiled; compiled functions are reused for models of the same
+structure and input shape. Input validation and JAX's 64-bit mode live here,
+not in the model.
 
-Devices: models live on JAX's default device (a GPU when JAX sees one) unless
-``build(..., device="cpu")`` says otherwise; inputs follow the model. The
-contract functions compute with float32 matmul/conv precision "highest", so
-that a GPU does not silently use TF32 (10-bit mantissa) for the parity checks.
+``run`` and ``gradients`` are pure functions of the model's state
+(``nnx.split``, a jitted function of the split state, results read from its
+copy): the model's parameters, running statistics, RNG counters and train/eval
+mode are left as they were. ``train_steps`` trains in place (and puts the mode
+back).
+
+Devices: "cpu", "cuda" and "cuda:N" (JAX's "gpu" platform); models live on
+JAX's default device unless ``build(..., device=...)`` says otherwise, and
+inputs follow the model. The contract functions compute with float32
+matmul/conv precision "highest", so that a GPU does not silently use TF32.
 
 Dtypes: ``build(spec, dtype="float64")`` makes a float64 model (parameters,
-running statistics and computation). JAX computes in float32 unless its 64-bit
-mode is on, so every function here runs a float64 model under
-``jax.enable_x64(True)`` (:func:`~densenet_multi.flax.convert.in_model_dtype`):
-they work in any process and leave JAX's global config alone; float32 models
-run exactly as they would without it. Inputs are cast to the model's dtype;
-stages, running statistics, gradients and exports come back in it. Calling
-a float64 model yourself (``model(x)``, your own ``nnx.jit``) needs the 64-bit
-mode on: ``JAX_ENABLE_X64=1``, ``jax.config.update("jax_enable_x64", True)``
-or ``with jax.enable_x64(True):``; without it the model raises a RuntimeError
-naming these.
+running statistics and computation). Every function here runs a float64 model
+under ``jax.enable_x64(True)`` (:mod:`densenet_multi.flax._x64`), so it works
+in any process and leaves JAX's global config alone. Inputs are cast to the
+model's dtype; stages, running statistics, gradients and exports come back in it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -36,99 +40,132 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ..backend import GradOutput, check_model_dtype
+from .. import checkpoint
+from ..backend import check_model_dtype
+from ..batchnorm import canonical_running_var, sample_counts
 from ..layouts import nchw_to_nhwc, nhwc_to_nchw
-from ..params import init_params, module_table
-from ..reference import ForwardOutput
-from ..spec import DenseNetSpec, InputError, check_input_dtype, check_input_shape
-from .convert import export_canonical, in_model_dtype, load_canonical, model_device
-from .densenet import DenseNet, needs_x64, x64_scope
+from ..outputs import ForwardOutput, GradOutput
+from ..params import init_params
+from ..spec import DenseNetSpec, InputError, check_input_dtype, check_input_shape, check_labels
+from ._x64 import in_model_dtype, needs_x64, x64_scope
+from .convert import export_canonical, load_canonical, model_device, variables
+from .densenet import DenseNet
 
-__all__ = ["build", "run", "gradients", "train_steps", "devices", "resolve_device",
-           "cross_entropy", "sgd", "make_optimizer", "model_dtype", "to_canonical_running_var"]
+__all__ = ["build", "run", "gradients", "train_steps", "devices", "save_checkpoint",
+           "load_checkpoint", "resolve_device", "cross_entropy", "sgd", "make_optimizer",
+           "model_dtype"]
 
 _PRECISION = "highest"
 
 
 # ---------------------------------------------------------------------- devices
-def devices() -> list[str]:
-    """The platforms JAX can run this backend on here: "cpu", and "gpu" when JAX sees one."""
-    out = ["cpu"]
+def _gpus() -> list[jax.Device]:
     try:
-        if jax.devices("gpu"):
-            out.append("gpu")
-    except RuntimeError:  # no GPU backend (e.g. JAX_PLATFORMS=cpu or a CPU-only jaxlib)
-        pass
-    return out
+        return jax.devices("gpu")
+    except RuntimeError:  # no GPU backend (JAX_PLATFORMS=cpu, or a CPU-only jaxlib)
+        return []
+
+
+def devices() -> list[str]:
+    """The devices this backend can run on here: "cpu", then "cuda" (and "cuda:N" for
+    every further GPU JAX sees)."""
+    n = len(_gpus())
+    return ["cpu"] + (["cuda"] if n else []) + [f"cuda:{i}" for i in range(1, n)]
 
 
 def resolve_device(device: str | jax.Device | None) -> jax.Device:
-    """A ``jax.Device`` for "cpu", "gpu"/"cuda" (optionally ":index"), a device, or None
-    (JAX's default device)."""
+    """The ``jax.Device`` for "cpu", "cuda" or "cuda:N" (JAX's "gpu" platform), for a
+    ``jax.Device`` (returned as is) or for None (JAX's default device)."""
     if device is None:
         return jax.devices()[0]
     if isinstance(device, jax.Device):
         return device
     name, _, index = str(device).partition(":")
-    platform = {"cuda": "gpu"}.get(name.lower(), name.lower())
-    try:
-        found = jax.devices(platform)
-    except RuntimeError:
-        found = []
-    if not found:
+    if name not in ("cpu", "cuda") or (index and not index.isdigit()):
+        raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N' "
+                         f"(available here: {devices()})")
+    found = jax.devices("cpu") if name == "cpu" else _gpus()
+    i = int(index or 0)
+    if i >= len(found):
         raise ValueError(f"device {device!r} is not available here; available: {devices()}")
-    i = int(index) if index else 0
-    if not 0 <= i < len(found):
-        raise ValueError(f"device {device!r}: JAX sees {len(found)} {platform} device(s)")
     return found[i]
 
 
 # ---------------------------------------------------------------------- build
 @functools.lru_cache(maxsize=16)
-def _abstract_model(spec: DenseNetSpec, dtype: str) -> tuple[nnx.GraphDef, nnx.State]:
-    """The module structure for ``spec`` in ``dtype`` with shape-only values. Cached per
-    (spec, dtype): tracing the constructor costs seconds for the big nets (one
-    RNG-stream update per layer). A float64 call must come under x64 (``build``)."""
+def _abstract_model(spec: DenseNetSpec, dtype: str,
+                    memory_efficient: bool) -> tuple[nnx.GraphDef, nnx.State]:
+    """The module structure with shape-only values, cached: tracing the constructor
+    costs seconds for the big nets (one RNG-stream update per layer). Call under the
+    dtype's x64 scope."""
     dt = np.dtype(dtype)
-    return nnx.split(nnx.eval_shape(
-        lambda: DenseNet(spec, dtype=dt, param_dtype=dt, rngs=nnx.Rngs(params=0, dropout=0))))
+    return nnx.split(nnx.eval_shape(lambda: DenseNet(
+        spec, memory_efficient=memory_efficient, dtype=dt, param_dtype=dt,
+        rngs=nnx.Rngs(params=0, dropout=0))))
+
+
+def _new_model(spec: DenseNetSpec, params: dict[str, np.ndarray], *, device: Any, seed: int,
+               dtype: str, memory_efficient: bool) -> DenseNet:
+    """A model holding ``params``, built abstractly (``nnx.eval_shape``) and then filled:
+    eager NNX initialisers compile one XLA kernel per parameter shape, which costs
+    ~30 s for DenseNet-BC-100 on two CPU cores, for values that are replaced anyway."""
+    dev = resolve_device(device)
+    with x64_scope(needs_x64(dtype)):
+        graphdef, abstract_state = _abstract_model(spec, dtype, memory_efficient)
+        # copy=True: fresh Variables, never shared with the cached state or another model
+        model = nnx.merge(graphdef, abstract_state, copy=True)
+        # The abstract tree has placeholders for the RNG streams too: every dropout
+        # layer gets its own key (folded from the seed) and a zero counter.
+        base = jax.random.key(seed)
+        rng_vars = (v for _, v in nnx.iter_graph(model) if isinstance(v, nnx.RngState))
+        with jax.default_device(dev):
+            for i, var in enumerate(rng_vars):
+                value = (jax.random.fold_in(base, i) if isinstance(var, nnx.RngKey)
+                         else jnp.zeros((), jnp.uint32))
+                var.set_value(jax.device_put(value, dev))
+        load_canonical(model, params, device=dev)
+    model.eval()
+    return model
 
 
 def build(spec: DenseNetSpec, *, device: str | jax.Device | None = None, seed: int = 0,
-          dtype: str = "float32") -> DenseNet:
-    """A :class:`DenseNet` for ``spec`` on ``device``, initialised from ``seed``, its
-    parameters, running statistics and computation in ``dtype`` ("float32" or
-    "float64"; anything else is a ValueError).
+          dtype: str = "float32", memory_efficient: bool = False) -> DenseNet:
+    """A :class:`DenseNet` for ``spec`` on ``device`` holding the canonical seeded weights
+    :func:`densenet_multi.params.init_params` ``(spec, seed, dtype=dtype)``: the same
+    weights as every other backend's ``build`` for the same seed, bit for bit. Its
+    parameters, running statistics and computation are in ``dtype`` ("float32" or
+    "float64"). ``memory_efficient`` recomputes each dense layer's concatenation and
+    first BN-ReLU-conv in the backward pass (``nnx.remat``). Dropout draws from a
+    ``dropout`` RNG stream seeded with ``seed``. Returned in eval mode.
 
-    The weights are torchvision's initialisation scheme drawn by the shared
-    seeded initializer (:func:`densenet_multi.params.init_params`, in ``dtype``),
-    so ``build(spec, seed=s)`` starts from the same weights in every backend. The
-    module tree is created abstractly (``nnx.eval_shape``) and then filled:
-    eager NNX initialisers compile one XLA kernel per parameter shape, which
-    costs ~30 s for DenseNet-BC-100 on two CPU cores. For NNX's own
-    initialisers use ``DenseNet(spec, rngs=nnx.Rngs(params=..., dropout=...))``.
-    Dropout draws from an explicit ``dropout`` RNG stream seeded with ``seed``.
-    A float64 model is built under ``jax.enable_x64(True)``; see the module docstring.
+    NNX's own initialisers stay available through the class:
+    ``DenseNet(spec, rngs=nnx.Rngs(0))``.
     """
     dtype = check_model_dtype(dtype)
-    dev = resolve_device(device)
-    with x64_scope(needs_x64(dtype)):
-        graphdef, abstract_state = _abstract_model(spec, dtype)
-        # copy=True: fresh Variables, never shared with the cached state or another build
-        model = nnx.merge(graphdef, abstract_state, copy=True)
-        # The abstract tree has placeholders for the RNG streams too: give every
-        # dropout layer its own key (folded from the seed) and a zero counter.
-        base = jax.random.key(seed)
-        with jax.default_device(dev):
-            for i, (_, var) in enumerate(v for v in nnx.iter_graph(model)
-                                         if isinstance(v[1], nnx.RngState)):
-                if isinstance(var, nnx.RngKey):
-                    var.set_value(jax.device_put(jax.random.fold_in(base, i), dev))
-                else:
-                    var.set_value(jax.device_put(jnp.zeros((), jnp.uint32), dev))
-        load_canonical(model, init_params(spec, seed, dtype=dtype), device=dev)
-    model.eval()
-    return model
+    return _new_model(spec, init_params(spec, seed, dtype=dtype), device=device, seed=seed,
+                      dtype=dtype, memory_efficient=memory_efficient)
+
+
+# ---------------------------------------------------------------------- checkpoints
+def save_checkpoint(model: DenseNet, path: str | os.PathLike, *,
+                    overwrite: bool = False) -> Path:
+    """Write ``model`` as a canonical safetensors checkpoint (its spec in the metadata),
+    atomically, in the model's dtype."""
+    return checkpoint.save(path, export_canonical(model), model.spec, overwrite=overwrite,
+                           dtype=None)
+
+
+def load_checkpoint(path: str | os.PathLike, spec: DenseNetSpec | None = None, *,
+                    device: str | jax.Device | None = None, dtype: str | None = None,
+                    memory_efficient: bool = False) -> DenseNet:
+    """A model built from a canonical checkpoint (its stored spec, or ``spec``, which
+    must agree with it), in ``dtype`` (default: the file's), every parameter and
+    running statistic loaded. A plain model's checkpoint loads into a memory-efficient
+    one and back: ``memory_efficient`` is not part of the spec."""
+    params, spec = checkpoint.load(path, spec, dtype=None)
+    dtype = check_model_dtype(next(iter(params.values())).dtype if dtype is None else dtype)
+    return _new_model(spec, params, device=device, seed=0, dtype=dtype,
+                      memory_efficient=memory_efficient)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -140,7 +177,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def model_dtype(model: DenseNet) -> np.dtype:
     """The dtype the contract functions compute in for ``model``: its computation
     dtype, else (None: Flax infers it) its parameters', at least float32."""
-    dtype = model.dtype if model.dtype is not None else model.param_dtype
+    dtype = next((d for d in (model.dtype, model.param_dtype) if d is not None), jnp.float32)
     return np.dtype(jnp.promote_types(dtype, jnp.float32))
 
 
@@ -159,12 +196,7 @@ def _input(model: DenseNet, x: Any) -> jax.Array:
 
 
 def _labels(model: DenseNet, labels: Any, n: int) -> jax.Array:
-    y = np.asarray(labels)
-    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
-        raise InputError(f"expected {n} integer labels of shape ({n},), got {y.dtype} {y.shape}")
-    if y.size and (y.min() < 0 or y.max() >= model.spec.num_classes):
-        raise InputError(f"labels must lie in [0, {model.spec.num_classes}), got "
-                         f"[{y.min()}, {y.max()}]")
+    y = check_labels(labels, n, model.spec.num_classes)
     return jax.device_put(y.astype(np.int32), model_device(model))
 
 
@@ -173,91 +205,74 @@ def _canonical(a: jax.Array) -> np.ndarray:
     return nhwc_to_nchw(a) if a.ndim == 4 else np.array(a)
 
 
-@nnx.jit
-def _forward_stages(model: DenseNet, x: jax.Array) -> dict[str, jax.Array]:
-    return model.forward_stages(x)
-
-
-def _bn_count(spec: DenseNetSpec, part: tuple[Any, ...], x_shape: tuple[int, ...]) -> int:
-    """N*H*W: how many values per channel a BN layer averaged over in a train-mode pass."""
-    n, _, h, w = x_shape
-    if part[0] == "stem":  # norm0 sees the stem conv's output, before the max-pool
-        return n * spec.stem_conv.out_size(h) * spec.stem_conv.out_size(w)
-    shapes = spec.stage_shapes(h, w)
-    # a block's layers and the transition after it run at the block's size
-    stage = "features" if part[0] == "norm5" else f"block{part[1] + 1}"
-    return n * shapes[stage][1] * shapes[stage][2]
-
-
-def to_canonical_running_var(old: np.ndarray, new: np.ndarray, momentum: float,
-                             count: int) -> np.ndarray:
-    """Flax's running-variance update -> the canonical (PyTorch) one.
-
-    Flax (``momentum`` = weight of the old value, 0.9) updates with the
-    *biased* batch variance ``v``: ``new = mu * old + (1 - mu) * v``. PyTorch
-    uses the unbiased ``v * n / (n - 1)``. Recover ``(1 - mu) * v = new - mu *
-    old`` and rescale it (in float64: no cancellation worth noting, the
-    difference is ~10% of ``new``). The result has ``new``'s dtype.
-    """
-    old64, new64 = old.astype(np.float64), new.astype(np.float64)
-    bessel = count / max(count - 1, 1)  # the reference's guard for n = 1
-    return (momentum * old64 + (new64 - momentum * old64) * bessel).astype(new.dtype)
+def _set_mode(model: DenseNet, train: bool) -> None:
+    if train:
+        model.train()  # batch statistics, dropout
+    else:
+        model.eval()
 
 
 # ---------------------------------------------------------------------- run
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _forward_stages(graphdef: nnx.GraphDef, stats: nnx.State, rest: nnx.State, x: jax.Array,
+                    train: bool) -> tuple[dict[str, jax.Array], nnx.State]:
+    model = nnx.merge(graphdef, stats, rest)  # a copy: the caller's model is left alone
+    _set_mode(model, train)
+    return model.forward_stages(x), nnx.state(model, nnx.BatchStat)
+
+
+def _running(model: DenseNet, updated: DenseNet,
+             nhwc: tuple[int, ...]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The running statistics of ``updated`` (``model`` after a train-mode pass on an
+    ``nhwc`` batch) in the canonical convention, and Flax's own.
+
+    Flax, like Keras and Gluon, mixes the *biased* batch variance into the running
+    variance; the canonical (PyTorch) update uses the unbiased one. The means agree."""
+    counts = sample_counts(model.spec, nhwc[0], nhwc[1], nhwc[2])
+    old = {info.name: var.get_value() for _, info, var in variables(model) if not info.trainable}
+    running, native = {}, {}
+    for ref, info, var in variables(updated):
+        if info.trainable:
+            continue
+        native[info.name] = value = np.array(var.get_value())
+        if info.attr == "running_var":
+            value = canonical_running_var(np.asarray(old[info.name]), value, counts[ref.prefix],
+                                          model.spec.bn_momentum)
+        running[info.name] = value
+    return running, native
+
+
 @in_model_dtype
 def run(model: DenseNet, x: Any, *, train: bool = False) -> ForwardOutput:
     """Forward a canonical NCHW numpy batch; every stage comes back NCHW.
 
-    ``train=True`` puts the model in training mode (``model.train()``: batch
-    statistics, dropout) and updates its running statistics as any training
-    forward does; the running statistics returned are in the canonical
-    (PyTorch) convention -- unbiased batch variance -- converted from Flax's
-    biased update by :func:`to_canonical_running_var`. ``extras["flax_running"]``
-    holds Flax's own values. ``train=False`` uses ``model.eval()`` and leaves
-    the model's state unchanged. The model stays in the mode last used. Input is
-    cast to the model's dtype; everything returned is in it.
+    ``train=True`` normalises with batch statistics (and applies dropout) and returns
+    the running statistics that pass leaves, in the canonical (PyTorch) convention:
+    converted from Flax's biased update by
+    :func:`densenet_multi.batchnorm.canonical_running_var`; ``extras["flax_running"]``
+    holds Flax's own values. Either way the model is left exactly as it was: the pass
+    runs on a split copy of its state. Input is cast to the model's dtype; everything
+    returned is in it.
     """
     xj = _input(model, x)
-    spec = model.spec
-    if train:
-        before = export_canonical(model)
-        model.train()
-    else:
-        model.eval()
+    graphdef, stats, rest = nnx.split(model, nnx.BatchStat, ...)
     with jax.default_matmul_precision(_PRECISION):
-        native = _forward_stages(model, xj)
+        native, new_stats = _forward_stages(graphdef, stats, rest, xj, train)
     # jit returns dicts with sorted keys: put the stages back in network order.
-    stages = {k: _canonical(native[k]) for k in spec.stage_names}
+    stages = {k: _canonical(native[k]) for k in model.spec.stage_names}
     out = ForwardOutput(logits=stages["logits"], stages=stages)
     if train:
-        after = export_canonical(model)
-        momentum = 1.0 - spec.bn_momentum  # Flax's convention, as in densenet.batch_norm
-        running: dict[str, np.ndarray] = {}
-        flax_running: dict[str, np.ndarray] = {}
-        for ref in module_table(spec):
-            for info in ref.params:
-                if info.trainable:
-                    continue
-                flax_running[info.name] = after[info.name]
-                if info.attr == "running_var":
-                    running[info.name] = to_canonical_running_var(
-                        before[info.name], after[info.name], momentum,
-                        _bn_count(spec, ref.part, np.shape(x)))
-                else:  # the running mean needs no conversion
-                    running[info.name] = after[info.name]
-        out.running = running
-        out.extras["flax_running"] = flax_running
+        updated = nnx.merge(graphdef, new_stats, rest)
+        out.running, out.extras["flax_running"] = _running(model, updated, xj.shape)
     return out
 
 
 # ---------------------------------------------------------------------- gradients
-@jax.jit(static_argnums=0)
+@functools.partial(jax.jit, static_argnums=0)
 def _loss_and_grads(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array,
                     labels: jax.Array) -> tuple[jax.Array, tuple[nnx.State, jax.Array]]:
-    # A pure function of the model's state: the running statistics and RNG
-    # counters the train-mode forward updates are dropped with this copy.
-    model = nnx.merge(graphdef, state)
+    model = nnx.merge(graphdef, state)  # a copy: its statistics and RNG updates are dropped
+    model.train()
 
     def loss_fn(model: DenseNet, x: jax.Array) -> jax.Array:
         return cross_entropy(model(x), labels)
@@ -269,20 +284,18 @@ def _loss_and_grads(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array,
 def gradients(model: DenseNet, x: Any, labels: Any) -> GradOutput:
     """Loss and its gradient w.r.t. every trainable canonical parameter and the input.
 
-    Computed in training mode (batch statistics), functionally: the model's
-    parameters, running statistics and RNG state are left as they were (the
-    model is left in training mode). A conv bias that feeds a train-mode BN has
-    a mathematically zero gradient; what comes back for it is rounding noise.
+    Computed in training mode (batch statistics) on a split copy of the model's
+    state: the model is left exactly as it was. A conv bias that feeds a train-mode
+    BN has a mathematically zero gradient; what comes back for it is rounding noise.
     Computed in the model's dtype; the gradients come back in it.
     """
     xj = _input(model, x)
     yj = _labels(model, labels, xj.shape[0])
-    model.train()
     graphdef, state = nnx.split(model)
     with jax.default_matmul_precision(_PRECISION):
         loss, (g_params, g_x) = _loss_and_grads(graphdef, state, xj, yj)
-    # The gradients have the parameters' tree structure: put them in a model
-    # of the same structure and read them out with the canonical converter.
+    # The gradients have the parameters' tree structure: put them in a model of the
+    # same structure and read them out with the canonical converter.
     grad_model = nnx.merge(graphdef, g_params, nnx.state(model, nnx.Not(nnx.Param)))
     return GradOutput(
         loss=float(loss),
@@ -326,16 +339,27 @@ def make_optimizer(model: DenseNet, lr: float, momentum: float) -> nnx.Optimizer
     return optimizer
 
 
+@contextlib.contextmanager
+def _training(model: DenseNet) -> Iterator[None]:
+    """Train mode for a block, then the mode the model was in."""
+    was_training = not model.features["norm5"].use_running_average
+    model.train()
+    try:
+        yield
+    finally:
+        _set_mode(model, was_training)
+
+
 @in_model_dtype
 def train_steps(model: DenseNet, batches: Iterable[tuple[Any, Any]], *, lr: float,
                 momentum: float) -> list[float]:
     """One optax SGD-with-momentum step per ``(x, labels)`` batch, in training mode and
     the model's dtype; the loss of each step (computed before its update), as Python
-    floats. Updates the model in place."""
-    model.train()
+    floats. Updates the model in place: parameters, and the running statistics by
+    Flax's rule (``run(train=True)`` shows them in the canonical one)."""
     optimizer = make_optimizer(model, lr, momentum)
     losses = []
-    with jax.default_matmul_precision(_PRECISION):
+    with _training(model), jax.default_matmul_precision(_PRECISION):
         for x, labels in batches:
             xj = _input(model, x)
             loss = _train_step(model, optimizer, xj, _labels(model, labels, xj.shape[0]))

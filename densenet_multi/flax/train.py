@@ -42,9 +42,9 @@ from ..data import (
 )
 from ..layouts import nchw_to_nhwc
 from ..spec import get_spec
-from .convert import in_model_dtype
+from ._x64 import in_model_dtype
 from .densenet import DenseNet
-from .runtime import build, cross_entropy, make_optimizer, resolve_device
+from .runtime import build, cross_entropy, make_optimizer, resolve_device, save_checkpoint
 
 __all__ = ["EpochResult", "train_step", "eval_step", "train_one_epoch", "evaluate", "fit", "main"]
 
@@ -145,7 +145,8 @@ def _parser() -> argparse.ArgumentParser:
                                             "or Fashion-MNIST.")
     add_training_arguments(p)
     p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--device", default=None, help="cpu or gpu (default: JAX's default device)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: JAX's default device)")
     p.add_argument("--save", metavar="CKPT", help="write a canonical .safetensors checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --save file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -170,12 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"final test accuracy {final.test_acc:.4f} after {args.epochs} epochs "
           f"in {time.perf_counter() - t0:.1f} s")
     if args.save:
-        from .. import checkpoint
-        from .convert import export_canonical
-
-        path = checkpoint.save(args.save, export_canonical(model), spec,
-                               overwrite=args.overwrite)
-        print(f"saved {path}")
+        print(f"saved {save_checkpoint(model, args.save, overwrite=args.overwrite)}")
     return 0
 
 

@@ -30,7 +30,7 @@ from densenet_multi import flax as backend  # noqa: E402
 #: DenseNet-121 at 32x32 keeps one pixel in its last block. Train-mode BN over
 #: only N*H*W = 2 values per channel is ill-conditioned (its output is
 #: +-gamma + beta, and the next BN then normalises rounding noise: the float32
-#: reference itself is 100% off its float64 run there), so the ImageNet-stem
+#: reference itself is 84% off its float64 run there), so the ImageNet-stem
 #: nets whose last block is 1x1 get batches of 4 and 8.
 PRESET_INPUTS: dict[str, tuple[int, int]] = {
     "d2l": (32, 4),

@@ -1,8 +1,8 @@
 """float64 models (``build(spec, dtype="float64")``): forward, running statistics,
 gradients and an SGD trajectory against the float64 NumPy reference at the float64
 tolerances; bit-exact float64 export/load; the x64 handling (the backend enables
-JAX's 64-bit mode itself, a direct call without it fails clearly); float32 models
-unchanged beside float64 ones."""
+JAX's 64-bit mode itself; a direct call without it gets JAX's truncation warning);
+float32 models unchanged beside float64 ones."""
 
 from __future__ import annotations
 
@@ -224,31 +224,31 @@ def test_every_layer_gets_dtype_and_param_dtype():
         assert leaves and {str(v.get_value().dtype) for v in leaves} == {"float64"}
     # the defaults are Flax's: float32 parameters and statistics, dtype inferred
     model = nnx.eval_shape(lambda: backend.densenet121(block_config=(1, 1)))
-    assert model.dtype is None and model.param_dtype == jnp.float32
+    assert model.dtype is None and model.param_dtype is None
     leaves = [v for _, v in nnx.to_flat_state(nnx.state(model, (nnx.Param, nnx.BatchStat)))]
     assert {str(v.get_value().dtype) for v in leaves} == {"float32"}
 
 
-def test_direct_call_of_a_float64_model_needs_x64(tiny64):
-    """The contract functions turn x64 on themselves; a direct call or a direct
-    construction with it off raises (instead of silently computing in float32)."""
+def test_direct_use_of_a_float64_model_needs_x64(tiny64):
+    """The contract functions turn x64 on themselves; the model file does not (the runtime
+    boundary does), so a direct construction or call with it off gets JAX's own warning
+    that float64 is truncated to float32, and under ``jax.enable_x64(True)`` a direct call
+    gives run's logits."""
     spec, params, model = tiny64
-    backend.load_canonical(model, params)
     x = _x(spec)
+    backend.load_canonical(model, params)
     xj = nchw_to_nhwc(x)
     model.eval()
     with jax.enable_x64(False):
-        with pytest.raises(RuntimeError, match="64-bit mode is off.*JAX_ENABLE_X64=1"):
+        with pytest.warns(UserWarning, match="jax_enable_x64"):
             model(jnp.asarray(xj))
-        with pytest.raises(RuntimeError, match="jax_enable_x64"):
-            nnx.jit(lambda m, x: m(x))(model, xj)
-        with pytest.raises(RuntimeError, match="JAX_ENABLE_X64"):
-            DenseNet(spec, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+        with pytest.warns(UserWarning, match="jax_enable_x64"):
+            DenseNet(spec, dtype=jnp.float64, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
         logits = backend.run(model, x).logits  # the contract function needs nothing
         assert not jax.config.jax_enable_x64
     with jax.enable_x64(True):
         direct = np.asarray(model(jnp.asarray(xj)))
-    assert direct.dtype == np.float64
+    assert direct.dtype == logits.dtype == np.float64
     assert_close(direct, logits, "eval", "float64", name="model(x) vs run")
 
 

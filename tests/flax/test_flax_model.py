@@ -1,5 +1,7 @@
-"""Flax-specific behaviour: explicit padding vs 'SAME', BatchNorm conventions and
-train/eval, remat equivalence, dropout statistics, gradients, SGD steps, bad inputs."""
+"""Flax-specific behaviour: the skeleton's parts and canonical child names, explicit
+padding vs 'SAME', BatchNorm conventions and train/eval, a model left unchanged by
+run/gradients, remat equivalence through a checkpoint, dropout statistics, gradients,
+SGD steps, checkpoints, devices, bad inputs."""
 
 from __future__ import annotations
 
@@ -10,12 +12,18 @@ import pytest
 from flax import nnx
 from flax_cases import make_input, tiny_spec
 
+from densenet_multi import checkpoint, reference
 from densenet_multi import flax as backend
-from densenet_multi import reference
-from densenet_multi.flax import DenseLayer, DenseNet
-from densenet_multi.flax.runtime import to_canonical_running_var
+from densenet_multi.flax import DenseBlock, DenseLayer, DenseNet, Transition
+from densenet_multi.flax.convert import ATTRIBUTES
 from densenet_multi.layouts import nchw_to_nhwc, nhwc_to_nchw
-from densenet_multi.params import ParameterError, init_params, trainable_names
+from densenet_multi.params import (
+    ParameterError,
+    init_params,
+    module_table,
+    param_table,
+    trainable_names,
+)
 from densenet_multi.reference import softmax_cross_entropy
 from densenet_multi.spec import InputError, get_spec
 from densenet_multi.testing import assert_all_close, assert_close, compare
@@ -35,6 +43,69 @@ def _batch_stats(model: nnx.Module) -> list[np.ndarray]:
     return [np.array(v.get_value()) for _, v in nnx.to_flat_state(nnx.state(model, nnx.BatchStat))]
 
 
+def _everything(model: nnx.Module) -> dict:
+    """Every array of the model's state (parameters, running statistics, RNG keys and
+    counters) by path, as numpy, and its train/eval mode."""
+    arrays = {path: np.array(jax.random.key_data(v.get_value())
+                             if isinstance(v, nnx.RngKey) else v.get_value())
+              for path, v in nnx.to_flat_state(nnx.state(model))}
+    modes = [m.use_running_average for _, m in nnx.iter_graph(model)
+             if isinstance(m, nnx.BatchNorm)]
+    return {"arrays": arrays, "modes": modes}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a["modes"] == b["modes"] and a["arrays"].keys() == b["arrays"].keys() and all(
+        np.array_equal(a["arrays"][k], b["arrays"][k]) for k in a["arrays"])
+
+
+# ---------------------------------------------------------------------- the skeleton
+def test_parts_are_the_textbook_parts():
+    """The same calls as in every backend: a 2-layer block 3 -> 23 channels (k = 10) whose
+    layers return their 10 new maps only, and a transition to 10 channels that halves
+    the size."""
+    spec = tiny_spec(growth_rate=10, bn_size=None)
+    rngs = nnx.Rngs(0)
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    block = DenseBlock(spec, 3, 2, rngs=rngs)
+    assert block(x).shape == (2, 8, 8, 23)
+    assert DenseLayer(spec, 13, rngs=rngs)([x, jnp.zeros((2, 8, 8, 10))]).shape == (2, 8, 8, 10)
+    transition = Transition(spec, 23, 10, rngs=rngs)
+    assert transition(block(x)).shape == (2, 4, 4, 10)
+    assert {"norm", "conv", "pool"} <= set(vars(transition))
+    bottleneck = DenseLayer(tiny_spec(), 8, rngs=rngs)
+    assert {"norm1", "conv1", "norm2", "conv2"} <= set(vars(bottleneck))
+    assert not {"norm", "conv"} & set(vars(bottleneck))
+
+
+def test_state_paths_are_the_canonical_names(tiny):
+    """The module tree carries torchvision's names: every Param and BatchStat path, with
+    its NNX variable name mapped back, is a canonical parameter name, and all are there."""
+    spec, _, model, _ = tiny
+    back = {(kind, nnx_name): attr for (kind, attr), nnx_name in ATTRIBUTES.items()}
+    kind_of = {ref.prefix: ref.kind for ref in module_table(spec)}
+    names = []
+    for path, _ in nnx.to_flat_state(nnx.state(model, (nnx.Param, nnx.BatchStat))):
+        prefix = ".".join(str(p) for p in path[:-1])
+        names.append(f"{prefix}.{back[(kind_of[prefix], path[-1])]}")
+    assert sorted(names) == sorted(p.name for p in param_table(spec))
+    order = list(model._order)
+    assert order[:4] == ["conv0", "norm0", "relu0", "pool0"] and order[-1] == "norm5"
+    assert [n for n in order if n in spec.stage_parts] == list(spec.stage_parts)
+
+
+def test_build_holds_the_canonical_seeded_weights():
+    """build(spec, seed=s) loads params.init_params(spec, s): the same weights as every
+    other backend's build, bit for bit, in float32 and float64."""
+    spec = tiny_spec()
+    for dtype in ("float32", "float64"):
+        got = backend.export_canonical(backend.build(spec, seed=3, dtype=dtype))
+        want = init_params(spec, 3, dtype=dtype)
+        assert list(got) == list(want)
+        assert all(got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k])
+                   for k in want), dtype
+
+
 # ---------------------------------------------------------------------- padding
 def test_explicit_padding_matches_reference_where_same_does_not():
     """Flax/XLA 'SAME' pads the 7x7/2 stem conv (2, 3) and the 3x3/2 max-pool (0, 1) on
@@ -48,10 +119,11 @@ def test_explicit_padding_matches_reference_where_same_does_not():
     want_conv = reference.conv2d(x, params["features.conv0.weight"], params["features.conv0.bias"],
                                  spec.stem_conv)
 
-    ours = nhwc_to_nchw(np.asarray(model.conv0(xj)))
+    conv0 = model.features["conv0"]
+    ours = nhwc_to_nchw(np.asarray(conv0(xj)))
     assert_close(ours, want_conv, "eval", name="stem conv, explicit padding")
 
-    same = nnx.clone(model.conv0)
+    same = nnx.clone(conv0)
     same.padding = "SAME"
     theirs = nhwc_to_nchw(np.asarray(same(xj)))
     assert theirs.shape == want_conv.shape  # same shape, different network
@@ -89,6 +161,7 @@ def test_batch_norm_conventions(tiny):
     assert all(bn.use_running_average for bn in norms)
     model.train()
     assert not any(bn.use_running_average for bn in norms)
+    model.eval()
 
 
 def test_fast_variance_would_lose_precision():
@@ -103,40 +176,55 @@ def test_fast_variance_would_lose_precision():
     assert errs[False] < 1e-4 < errs[True]
 
 
-def test_eval_leaves_batch_stats_unchanged(tiny):
+def test_run_and_gradients_leave_the_model_unchanged(tiny):
+    """run (eval and train mode) and gradients work on a split copy of the state: every
+    parameter, running statistic, RNG key and counter, and the mode stay as they were,
+    while the train-mode pass does report changed statistics."""
     spec, params, model, x = tiny
     backend.load_canonical(model, params)
-    before = _batch_stats(model)
-    backend.run(model, x, train=False)  # model.eval(), then a jitted forward
-    after = _batch_stats(model)
-    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
-    backend.run(model, x, train=True)
-    changed = _batch_stats(model)
-    assert not any(np.array_equal(a, b) for a, b in zip(before, changed, strict=True))
+    dropout = backend.build(tiny_spec(drop_rate=0.2))  # RNG counters that would advance
+    for m, mode in ((model, "eval"), (model, "train"), (dropout, "eval")):
+        getattr(m, mode)()
+        before = _everything(m)
+        backend.run(m, x, train=False)
+        out = backend.run(m, x, train=True)
+        backend.gradients(m, x, np.array([0, 1, 2]))
+        assert _same(before, _everything(m)), mode
+        stats = [p.name for p in param_table(spec) if not p.trainable]
+        assert not any(np.array_equal(out.extras["flax_running"][k], v)
+                       for k, v in zip(stats, _batch_stats(m), strict=True))
+    model.eval()
+
+
+def test_train_steps_update_the_model_and_keep_its_mode(tiny):
+    spec, params, model, x = tiny
     backend.load_canonical(model, params)
-
-
-def test_running_var_conversion_helper():
-    rng = np.random.default_rng(0)
-    old = rng.uniform(0.5, 2, 7).astype(np.float32)
-    v = rng.uniform(0.1, 3, 7)
-    n = 6
-    flax_new = (0.9 * old + 0.1 * v).astype(np.float32)
-    torch_new = 0.9 * old + 0.1 * v * n / (n - 1)
-    assert_close(to_canonical_running_var(old, flax_new, 0.9, n), torch_new, "running")
+    model.eval()
+    before = _batch_stats(model)
+    backend.train_steps(model, [(x, np.array([0, 1, 2]))], lr=0.01, momentum=0.9)
+    assert all(bn.use_running_average for _, bn in nnx.iter_graph(model)
+               if isinstance(bn, nnx.BatchNorm))
+    assert not any(np.array_equal(a, b) for a, b in zip(before, _batch_stats(model), strict=True))
+    backend.load_canonical(model, params)
 
 
 # ---------------------------------------------------------------------- remat
 @pytest.mark.parametrize("bottleneck", [True, False], ids=["bottleneck", "plain"])
-def test_memory_efficient_same_outputs_and_gradients(bottleneck):
+def test_memory_efficient_loads_a_plain_checkpoint_same_outputs_and_gradients(
+        bottleneck, tmp_path):
+    """A checkpoint saved from a plain model loads into a memory-efficient one (the option
+    is not part of the spec) and gives the same outputs, running statistics and
+    gradients; the jaxpr holds one remat per dense layer exactly when asked for."""
     spec = tiny_spec(bn_size=2 if bottleneck else None, conv_bias=not bottleneck)
     params = init_params(spec, seed=4, nontrivial_bn=True)
     x = make_input(spec, 16, 3, seed=1)
     labels = np.array([0, 3, 4])
+    plain = backend.build(spec)
+    backend.load_canonical(plain, params)
+    path = backend.save_checkpoint(plain, tmp_path / "plain.safetensors")
     outs = {}
     for me in (False, True):
-        model = backend.build(spec.replace(memory_efficient=me))
-        backend.load_canonical(model, params)
+        model = plain if not me else backend.load_checkpoint(path, memory_efficient=True)
         outs[me] = (backend.run(model, x, train=True), backend.gradients(model, x, labels))
         model.train()
         graphdef, state = nnx.split(model)
@@ -166,11 +254,12 @@ def test_memory_efficient_same_outputs_and_gradients(bottleneck):
 # ---------------------------------------------------------------------- dropout
 def test_dropout_statistics():
     spec = tiny_spec(drop_rate=0.3, bn_size=None)
-    layer = DenseLayer(spec, 16, None, rngs=nnx.Rngs(params=0, dropout=1))
+    layer = DenseLayer(spec, 16, rngs=nnx.Rngs(params=0, dropout=1))
     x = [jax.random.normal(jax.random.key(2), (8, 8, 8, 16))]
     layer.train()
     call = nnx.jit(lambda layer, x: layer(x))
-    kept = nnx.jit(lambda block, x: block(x))(layer.growth, x[0])  # same BN, no dropout
+    # the same BN-ReLU-conv without dropout
+    kept = nnx.jit(lambda layer, x: layer.conv(nnx.relu(layer.norm(x))))(layer, x[0])
     y1, y2 = call(layer, x), call(layer, x)
     for y in (y1, y2):
         y = np.asarray(y)
@@ -286,12 +375,6 @@ def test_float64_input_is_computed_in_float32(tiny):
     np.testing.assert_array_equal(a, b)
 
 
-def test_model_call_wants_nhwc(tiny):
-    spec, _, model, x = tiny
-    with pytest.raises(InputError, match="looks like an NCHW"):
-        model(jnp.asarray(x))
-
-
 def test_bad_labels_raise_input_error(tiny):
     spec, _, model, x = tiny
     with pytest.raises(InputError, match="labels"):
@@ -321,36 +404,63 @@ def test_builds_are_independent():
     pa = backend.export_canonical(a)
     backend.load_canonical(b, init_params(spec, seed=9))
     assert all(np.array_equal(pa[k], v) for k, v in backend.export_canonical(a).items())
-    assert a.conv0.kernel is not b.conv0.kernel
+    assert a.features["conv0"].kernel is not b.features["conv0"].kernel
 
 
 def test_devices_and_device_selection():
     assert backend.devices()[0] == "cpu"
+    assert all(d == "cpu" or d == "cuda" or d.startswith("cuda:") for d in backend.devices())
     spec = tiny_spec()
     model = backend.build(spec, device="cpu")
-    kernel = model.conv0.kernel.get_value()
+    kernel = model.features["conv0"].kernel.get_value()
     assert next(iter(kernel.devices())).platform == "cpu"
-    with pytest.raises(ValueError, match="not available"):
-        backend.build(spec, device="tpu")
-    if "gpu" in backend.devices():  # pragma: no cover - CPU-only CI
+    for name in ("tpu", "gpu", "cuda:x"):  # one vocabulary: "gpu" is JAX's word, not ours
+        with pytest.raises(ValueError, match="unknown device"):
+            backend.build(spec, device=name)
+    if "cuda" not in backend.devices():
+        with pytest.raises(ValueError, match="not available"):
+            backend.build(spec, device="cuda")
+    else:  # pragma: no cover - CPU-only CI
         x = make_input(spec, 16, 2)
         p = init_params(spec, seed=0, nontrivial_bn=True)
         outs = []
-        for dev in ("cpu", "gpu"):
+        for dev in ("cpu", "cuda"):
             m = backend.build(spec, device=dev)
             backend.load_canonical(m, p)
             outs.append(backend.run(m, x).logits)
         assert_close(outs[1], outs[0], "device")
 
 
-def test_public_parts_and_constructors():
+def test_constructors_pass_spec_changes_and_flax_extras():
     import densenet_multi.flax.densenet as mod
 
-    names = ["ConvBlock", "DenseLayer", "DenseBlock", "Transition", "DenseNet"]
-    src = open(mod.__file__).read()
-    assert [src.index(f"class {n}(") for n in names] == sorted(
-        src.index(f"class {n}(") for n in names)
-    # spec changes pass through the constructors (a short net: tracing is cheap)
-    model = nnx.eval_shape(lambda: mod.densenet121(num_classes=7, block_config=(1, 1)))
+    # spec changes and framework extras pass through the constructors (a short net)
+    model = nnx.eval_shape(lambda: mod.densenet121(num_classes=7, block_config=(1, 1),
+                                                   memory_efficient=True,
+                                                   rngs=nnx.Rngs(params=1, dropout=2)))
     assert isinstance(model, DenseNet) and model.spec.num_classes == 7
     assert model.spec.growth_rate == 32 and model.spec.bn_size == 4
+    layer = model.features["denseblock1"].denselayer1
+    assert layer.memory_efficient and layer.has_bottleneck
+    model = nnx.eval_shape(lambda: mod.from_spec("d2l", num_classes=3))
+    assert model.spec.in_channels == 1 and model.classifier.out_features == 3
+
+
+def test_checkpoint_round_trip(tmp_path, tiny):
+    spec, params, model, x = tiny
+    backend.load_canonical(model, params)
+    path = backend.save_checkpoint(model, tmp_path / "tiny.safetensors")
+    with pytest.raises(FileExistsError):
+        backend.save_checkpoint(model, path)
+    loaded = backend.load_checkpoint(path)
+    assert loaded.spec == spec
+    got = backend.export_canonical(loaded)
+    assert all(np.array_equal(got[k], v) for k, v in params.items())
+    np.testing.assert_array_equal(backend.run(loaded, x).logits, backend.run(model, x).logits)
+    # a float64 model writes a float64 file, which loads as float64 (or as asked)
+    m64 = backend.build(spec, dtype="float64", seed=5)
+    p64 = backend.save_checkpoint(m64, tmp_path / "tiny64.safetensors")
+    assert checkpoint.load(p64, dtype=None)[0]["classifier.weight"].dtype == np.float64
+    assert backend.export_canonical(backend.load_checkpoint(p64))["classifier.weight"].dtype \
+        == np.float64
+    assert backend.load_checkpoint(p64, dtype="float32").param_dtype == np.float32
