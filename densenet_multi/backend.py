@@ -57,7 +57,9 @@ NCHW activations, OIHW kernels, (out, in) dense weights, torchvision names.
     A canonical safetensors checkpoint (:mod:`densenet_multi.checkpoint`) of the
     model, and a model built from one.
 ``resolve(model, part) -> native module``
-    The framework module of a canonical part path (``("block", 0, "layer", 2)``).
+    The framework layer holding one canonical module of ``params.module_table``, by
+    its part path (``("stem", "conv0")``, ``("block", 0, "layer", 2, "conv1")``,
+    ``("transition", 1, "norm")``, ``("norm5",)``, ``("classifier",)``).
 
 Dropout cannot agree across frameworks: parity runs use ``drop_rate = 0``.
 """
