@@ -14,6 +14,7 @@ Everything here uses only numpy (>= 1.23) and the spec.
 from __future__ import annotations
 
 from collections.abc import Mapping
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 

@@ -16,7 +16,8 @@ reports by (case, check, subject, against, name) and gives each a verdict:
       from ``max(baseline error, FLOOR_FRACTION x tolerance)``: an error below
       1% of its tolerance (a zero included) counts as 1% of it, so growth is a
       regression once the new error is more than 10x the old one *and* more
-      than 10% of the tolerance; rounding noise far below the tolerance does
+      than 10% of the tolerance (the tighter of the two runs' tolerances, so a
+      loosened tolerance hides nothing); rounding noise far below the tolerance does
       not raise alarms. Without a positive tolerance (bit-exact checks such as
       ``copy``) there is no floor: 0 -> anything above 0 is regressed; or
     * its error is NaN or infinite now and was a finite number.
@@ -403,8 +404,10 @@ def judge(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> 
 def regression(before: Mapping[str, Any], after: Mapping[str, Any]) -> str | None:
     """Why ``after`` is a regression from ``before`` (None: it is not). The rules are in
     the module doc: crossed its tolerance, grew > GROWTH x its floored baseline error,
-    or became NaN/inf."""
-    tol = after.get("tolerance") if _is_number(after.get("tolerance")) else before.get("tolerance")
+    or became NaN/inf. The tighter of the two tolerances is used, so that a change that
+    loosens a tolerance cannot hide the growth it allows."""
+    tols = [t for t in (before.get("tolerance"), after.get("tolerance")) if _is_number(t)]
+    tol = min(tols) if tols else None
     reasons = []
     if _passed(before) and not _passed(after):
         within = f" (tolerance {tol:.0e})" if _is_number(tol) else ""

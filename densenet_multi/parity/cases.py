@@ -26,7 +26,8 @@ import numpy as np
 from ..params import init_params
 from ..spec import DenseNetSpec, get_spec
 
-__all__ = ["CHECKS", "VALUE_CHECKS", "Case", "DEFAULT_CASES", "DEVICES", "get_cases", "make_inputs"]
+__all__ = ["CHECKS", "VALUE_CHECKS", "Case", "DEFAULT_CASES", "DEVICES", "check_unique_names", "get_cases",
+           "make_inputs"]
 
 #: Every check, in the order the report lists them.
 #: ``device`` (GPU vs CPU) runs only for cases whose device is "cuda".
@@ -90,6 +91,11 @@ class Case:
         unknown = [c for c in self.checks if c not in CHECKS]
         if unknown:
             raise ValueError(f"case {self.name!r}: unknown check(s) {unknown}; known: {CHECKS}")
+        if not self.checks:
+            raise ValueError(f"case {self.name!r} has no checks: it would compare nothing")
+        if "device" in self.checks and self.device != "cuda":
+            raise ValueError(f"case {self.name!r}: the device check compares a GPU run with the "
+                             "CPU run and needs device cuda (--device cuda)")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"case {self.name!r}: dtype must be float32 or float64")
         if self.batch < 2 and "train" in self.checks:
@@ -196,6 +202,14 @@ def get_cases(names: Sequence[str] | None = None) -> list[Case]:
     if unknown:
         raise ValueError(f"unknown case(s) {unknown}; shipped cases are {sorted(by_name)}")
     return [by_name[n] for n in names]
+
+
+def check_unique_names(cases: Sequence[Case]) -> None:
+    """Raise ValueError if two cases share a name (results and reports are keyed by it)."""
+    names = [c.name for c in cases]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"more than one case named {dup[0]!r}: results are found by case name")
 
 
 def load_case_file(path: str) -> list[Case]:

@@ -21,7 +21,15 @@ from typing import Any
 from ..backend import BACKENDS
 from ..spec import InputError, SpecError
 from .baseline import DEFAULT_BASELINE, load_baseline
-from .cases import CHECK_DOC, CHECKS, DEFAULT_CASES, get_cases, load_case_file, normalize_device
+from .cases import (
+    CHECK_DOC,
+    CHECKS,
+    DEFAULT_CASES,
+    check_unique_names,
+    get_cases,
+    load_case_file,
+    normalize_device,
+)
 from .runfolder import RunFolder
 from .runner import DEFAULT_TIMEOUT_S, find_project_root, parse_backends, parse_pythons, run_parity
 
@@ -88,6 +96,9 @@ def _cases(args: argparse.Namespace) -> list:
     cases = [c.with_(**changes) for c in cases] if changes else cases
     if args.device and normalize_device(args.device) == "cuda":
         cases = [c.with_(checks=tuple(dict.fromkeys((*c.checks, "device")))) for c in cases]
+    if not cases:
+        raise ValueError("no cases to run: a run of no case would compare nothing")
+    check_unique_names(cases)
     return cases
 
 
@@ -145,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, SpecError, InputError, OSError) as e:
         console.print(f"densenet-multi parity: error: {e}", style="red", markup=False)
         return EXIT_USAGE
+    if baseline_path is None and not args.no_baseline:
+        console.print(f"no baseline: {DEFAULT_BASELINE} not found, so no regression check "
+                      "(commit a baseline run, or pass --baseline PATH)", style="yellow",
+                      markup=False)
     t0 = time.perf_counter()
     result = _run(args, cases, backends, pythons, console)
     from .compare import compare_run

@@ -219,7 +219,8 @@ def entries(spec: DenseNetSpec, check: str) -> list[Entry]:
 
 
 def _numeric(a: np.ndarray) -> bool:
-    return np.issubdtype(a.dtype, np.number) and a.dtype != bool
+    """Real numbers (a complex array would lose its imaginary part in the comparison)."""
+    return np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)
 
 
 def _item(name: str, actual: Any, expected: Any, tol: float, sides: tuple[str, str],
@@ -233,7 +234,7 @@ def _item(name: str, actual: Any, expected: Any, tol: float, sides: tuple[str, s
     a, e = np.asarray(actual), np.asarray(expected)
     for arr, side, st in ((e, sides[1], ERROR), (a, sides[0], FAIL)):
         if not _numeric(arr):
-            return Item(name, st, tol=tol, note=f"dtype {arr.dtype} in {side} is not a number")
+            return Item(name, st, tol=tol, note=f"dtype {arr.dtype} in {side} is not a real number")
     c = compare(name, a, e, tol)
     scale, rel, note = c.scale, c.rel, ""
     if c.nonfinite:
@@ -453,6 +454,7 @@ def compare_case(case: Case, case_dir: Path, backends: Sequence[str],
     if case.device == "cuda" and case.has("device"):
         _device(job)
     _mark_unpaired(job)
+    _mark_uncompared(job)
     notes = {b: list(r.report.get("notes", [])) for b, r in res.items()}
     versions = {b: r.report.get("versions", {}) for b, r in res.items()}
     return CaseComparison(case, folder.path, job.cells, notes, versions)
@@ -580,6 +582,10 @@ def _copy_chains(job: _Job) -> None:
         elif co is not None and co.status != "ok":
             st = Status.TIMEOUT if co.status == "timeout" else Status.CRASHED
             job.add("copy", subject, "canonical", st, message=co.reason, detail=co.log_tail)
+        elif all(job.res[x].check_status("copy")[0] == PASS for x in (a, b)):
+            # both ran the copy check, yet B's copy phase left nothing for A's export
+            job.add("copy", subject, "canonical", ERROR,
+                    message=f"{b}'s copy phase left no result for {a}'s export")
         else:
             why = [f"{x}: {job.res[x].check_status('copy')[0]}" for x in (a, b)]
             job.add("copy", subject, "canonical", NA, message=", ".join(why))
@@ -624,6 +630,14 @@ def _mark_unpaired(job: _Job) -> None:
         if not paired:
             cell.status = worst([cell.status, Status.UNPAIRED])
             cell.message += "; no other backend's values were compared with them"
+
+
+def _mark_uncompared(job: _Job) -> None:
+    """A requested check with no cell at all (no backend ran it) is an error, not a pass."""
+    for check in job.case.checks:
+        if not any(c.check == check for c in job.cells):
+            job.add(check, "(no backend)", "-", ERROR,
+                    message="requested, but nothing was compared: no backend ran it")
 
 
 def compare_run(result: Any) -> list[CaseComparison]:

@@ -17,7 +17,8 @@ not pass, the *first* stage / parameter where it did not, with its errors.
 
 Exit status (:func:`exit_status`): 1 when any cell, worker outcome or (with a
 baseline) regressed item has a status that :func:`status.fails_run` says
-fails the run (with ``require_all`` for ``--require-all``), else 0. The
+fails the run (with ``require_all`` for ``--require-all``), or when the run
+decided nothing at all (no cell); else 0. The
 report.json schema is in :mod:`.runfolder`.
 """
 
@@ -130,7 +131,10 @@ def _statuses(ccs: Sequence[CaseComparison], outcomes: Mapping[str, Mapping[str,
 
 def exit_status(ccs: Sequence[CaseComparison], outcomes: Mapping[str, Mapping[str, Any]] | None = None,
                 *, require_all: bool = False, baseline: Any = None) -> int:
-    """1 if any status of the run fails it (:func:`status.fails_run`), else 0."""
+    """1 if any status of the run fails it (:func:`status.fails_run`), else 0; also 1 when
+    the run decided nothing at all (no cell: nothing compared is never a pass)."""
+    if not any(cc.cells for cc in ccs):
+        return 1
     bad = any(fails_run(s, require_all=require_all)
               for s in _statuses(ccs, outcomes, baseline))
     return int(bad)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backend import BACKENDS
-from .cases import Case, make_inputs, make_weights
+from .cases import Case, check_unique_names, make_inputs, make_weights
 from .oracle import reference_job
 from .runfolder import EXIT_MISSING, RunFolder
 
@@ -146,6 +146,8 @@ def parse_backends(items: Sequence[str]) -> list[BackendTarget]:
                 raise ValueError(f"unknown backend {name!r}; known: {sorted(BACKENDS)}, "
                                  "or name=module:attr")
             out.append(BackendTarget(name, target or None))
+    if not out:
+        raise ValueError("no backend given: a run of no backend would compare nothing")
     names = [b.name for b in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -168,6 +170,7 @@ def prepare_run(run_dir: Path, cases: Sequence[Case], *, reference: bool = True
                 ) -> dict[str, Path]:
     """Write every case (case.json, canonical weights checkpoint, inputs) into ``run_dir``
     and, with ``reference``, its float64 NumPy reference (:mod:`.oracle`)."""
+    check_unique_names(cases)
     run = RunFolder(run_dir)
     run.create()
     dirs: dict[str, Path] = {}

@@ -54,13 +54,17 @@ to the model's dtype (a float32 NumPy tape is less accurate than the frameworks)
 ``float32_only`` ignores ``build(dtype=...)``: a float64 case runs in float32.
 
 ``crash`` exits the interpreter in the middle of the eval check; ``hang``
-sleeps past any test timeout; ``raises`` raises a RuntimeError in eval.
+sleeps past any test timeout; ``raises`` raises a RuntimeError in eval;
+``exit_in_copy`` exits with status 0 when it loads another backend's export in
+the copy phase (leaving no result for it); ``complex_stages`` returns complex
+stage outputs with the right real part and a garbage imaginary one.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -128,7 +132,8 @@ class Fake:
                  reuse_batch: bool = False, momentum_ema: bool = False,
                  scale_final: dict[str, float] | None = None, tape_dtype: str = "float64",
                  nan_stage: str | None = None, bn_eps: float | None = None,
-                 fixed_pool: int | None = None, drift: float = 0.0) -> None:
+                 fixed_pool: int | None = None, drift: float = 0.0,
+                 exit_in_copy: bool = False, complex_stages: bool = False) -> None:
         self.__dict__.update(locals())
         del self.__dict__["self"]
 
@@ -190,6 +195,8 @@ class Fake:
         model.store = store
 
     def load_canonical(self, model: Model, params: dict[str, np.ndarray]) -> None:
+        if self.exit_in_copy and sys.argv[sys.argv.index("--phase") + 1] == "copy":
+            os._exit(0)  # BUG: gone, with a success status, before writing the copy
         validate_params(model.mspec, params, dtype=None)
         self._store(model, params)
 
@@ -223,7 +230,10 @@ class Fake:
         check_input_dtype(x.dtype)
         x = x.astype(model.dtype)
         check_input_shape(model.spec, x.shape)
-        return self._forward(model, x, train)  # leaves the model as it was (the contract)
+        out = self._forward(model, x, train)  # leaves the model as it was (the contract)
+        if self.complex_stages:
+            out.stages.update({k: v + 123j for k, v in out.stages.items()})  # BUG
+        return out
 
     def _forward(self, model: Model, x: np.ndarray, train: bool) -> ForwardOutput:
         s = model.mspec
@@ -334,6 +344,8 @@ grad_bug = Fake(grads=True, grad_bug=True)
 crash = Fake(crash=True)
 hang = Fake(hang=True)
 raises = Fake(raises=True)
+exit_in_copy = Fake(exit_in_copy=True)
+complex_stages = Fake(complex_stages=True)
 #: "GPU" fakes (the same NumPy code on device "cuda"): the device check's comparison logic
 fake_gpu = Fake(gpu=True, grads=True)
 fake_gpu_tf32 = Fake(gpu=True, grads=True, tf32=True)

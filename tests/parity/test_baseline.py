@@ -197,6 +197,15 @@ def test_growth_rule(e0, e1, tol, regressed):
     assert (regression(before, after) is not None) is regressed
 
 
+def test_a_loosened_tolerance_does_not_hide_growth():
+    """The floor comes from the tighter of the two runs' tolerances: a change that loosens
+    eval's tolerance 100x and moves block3 100x (1e-6 -> 1e-4) is still regressed."""
+    before = _item("c", "eval", "torch", "block3", 1e-6, 1e-5)
+    after = _item("c", "eval", "torch", "block3", 1e-4, 1e-3)
+    assert "grew 100x" in regression(before, after)
+    assert regression(after, before) is None  # tightened, and the error shrank
+
+
 def test_crossing_rule_uses_the_status():
     before = _item("c", "eval", "torch", "stem", 8e-6, 1e-5)
     for status in ("FAIL", "ill-conditioned", "error", "not available"):

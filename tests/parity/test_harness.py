@@ -338,6 +338,30 @@ def test_crash_and_timeout_are_reported_with_the_log_and_the_others_still_run(fa
     assert exit_status([cc], result.outcomes) == 1
 
 
+def test_a_copy_phase_that_leaves_no_result_is_an_error_not_n_a(tmp_path):
+    """A backend whose copy-phase worker exits 0 without writing (no copy_phase.json, no
+    copy): the chains into it were never compared, which is an error, not 'n/a'."""
+    case = Case("tiny", TINY_IMAGENET, (32, 32), checks=("eval", "copy"))
+    result, ccs = run(tmp_path, [case], [fake("good"), fake("exit_in_copy")])
+    cc = ccs["tiny"]
+    assert result.outcomes["exit_in_copy"]["copy"].status == "ok"  # it exited 0
+    assert cell(cc, "copy", "exit_in_copy->good").status == PASS
+    c = cell(cc, "copy", "good->exit_in_copy")
+    assert c.status == ERROR and "no result" in c.message
+    assert exit_status([cc], result.outcomes) == 1
+
+
+def test_complex_outputs_are_not_numbers_to_compare(tmp_path):
+    """Complex stages whose real part is right: FAIL (a cast to float64 would drop the
+    imaginary part and pass them)."""
+    case = Case("tiny", TINY_IMAGENET, (32, 32), checks=("eval",))
+    _, ccs = run(tmp_path, [case], [fake("good"), fake("complex_stages")])
+    c = cell(ccs["tiny"], "eval", "complex_stages")
+    assert c.status == FAIL and c.first_fail.item == "stem"
+    assert "complex" in c.first_fail.note
+    assert cell(ccs["tiny"], "eval", "good~complex_stages").status == ERROR  # b's side
+
+
 # ---------------------------------------------------------------------- CLI and report files
 def _case_file(tmp_path: Path, *cases: Case) -> str:
     path = tmp_path / "cases.json"
@@ -418,6 +442,74 @@ def test_device_cuda_with_require_all_fails_without_a_gpu(tmp_path):
     assert cli.main([*base, "--require-all", "--out", str(tmp_path / "r2")]) == 1
 
 
+def test_a_run_that_compares_nothing_never_passes(tmp_path):
+    """No backend, no case, a case without checks, or a device check on a CPU case: each
+    once exited 0 with --require-all having compared nothing. Now a usage error (exit 2)
+    up front, and a run without a single decided cell is never exit 0."""
+    with pytest.raises(ValueError, match="no checks"):
+        Case("x", TINY_IMAGENET, (32, 32), checks=())
+    with pytest.raises(ValueError, match="device"):
+        Case("x", TINY_IMAGENET, (32, 32), checks=("eval", "device"))
+    with pytest.raises(ValueError, match="no backend"):
+        parse_backends([","])
+    case = Case("tiny", TINY_IMAGENET, (32, 32), checks=("eval",))
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    base = ["--no-progress", "--no-baseline", "--require-all"]
+    one = ["--case-file", _case_file(tmp_path, case)]
+    good = ["--backends", f"a={FAKES}:good"]
+    for args in ([*one, "--backends", ","], ["--case-file", str(empty), *good],
+                 [*one, *good, "--checks", "device"], [*one, *good, "--checks", ","]):
+        assert cli.main([*base, *args, "--out", str(tmp_path / "r")]) == 2, args
+    assert not (tmp_path / "r").exists()
+    # through the API: a requested check nobody ran is an error; no cell at all fails
+    _, ccs = run(tmp_path, [case], [])
+    (c,) = ccs["tiny"].cells
+    assert c.check == "eval" and c.status == ERROR and "nothing was compared" in c.message
+    assert exit_status([ccs["tiny"]]) == 1
+    assert exit_status([]) == 1 and exit_status([], require_all=True) == 1
+
+
+def test_two_cases_with_one_name_are_refused(tmp_path):
+    """Results are found by case name: two cases named alike once compared the second
+    case's results twice and never the first's (a fixed 7x7 pool at 256x256 passed)."""
+    from parity_helpers import TINY4
+
+    from densenet_multi.parity.runner import run_parity
+
+    cases = [Case("t", TINY4, (256, 256), checks=("eval",)),
+             Case("t", TINY4, (224, 224), checks=("eval",))]
+    with pytest.raises(ValueError, match="more than one case named 't'"):
+        run_parity(cases, [fake("good")], tmp_path / "api")
+    assert cli.main(["--case-file", _case_file(tmp_path, *cases), "--no-progress",
+                     "--no-baseline", "--backends", f"a={FAKES}:good,p={FAKES}:fixed_pool7",
+                     "--out", str(tmp_path / "r")]) == 2
+
+
+def test_a_check_the_worker_did_not_report_is_skipped_and_an_unknown_one_an_error(tmp_path):
+    """A result file without an entry for a requested check (a stale worker) is 'skipped'
+    (fails --require-all); an entry with a status the harness does not know is 'error'."""
+    from densenet_multi.parity.compare import compare_run
+    from densenet_multi.parity.runfolder import CaseFolder
+
+    case = Case("tiny", TINY_IMAGENET, (32, 32), checks=("eval", "train"))
+    result, ccs = run(tmp_path, [case], [fake("good")])
+    assert exit_status([ccs["tiny"]], require_all=True) == 0
+    folder = CaseFolder(result.case_dirs["tiny"])
+    report, arrays = folder.read_result("good", "cpu")
+    del report["checks"]["train"]
+    report["checks"]["eval"]["status"] = "done-ish"
+    folder.write_result("good", "cpu", report, arrays)
+    (cc,) = compare_run(result)
+    assert cell(cc, "train", "good").status == Status.SKIPPED
+    assert cell(cc, "eval", "good").status == ERROR
+    report["checks"]["eval"]["status"] = "done"
+    folder.write_result("good", "cpu", report, arrays)
+    (cc,) = compare_run(result)
+    assert cell(cc, "train", "good").status == Status.SKIPPED
+    assert exit_status([cc]) == 0 and exit_status([cc], require_all=True) == 1
+
+
 def test_unpaired_is_decided_by_the_comparison(tmp_path):
     """Gradients referenced by their loss only (Case.reference without grad), and no other
     backend to pair with: 'unpaired', which fails --require-all; with a partner: pass."""
@@ -464,6 +556,21 @@ def test_baseline_column_and_regressed_under_require_all(tmp_path, capsys):
     assert cli.main([*base, "--baseline", str(tmp_path / "bad.json"), "--backends",
                      f"a={FAKES}:good", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_a_missing_default_baseline_is_said_not_silent(monkeypatch, capsys):
+    """No baseline file: the run says it checks no regressions (unless --no-baseline)."""
+    def stop(*args):
+        raise SystemExit("stopped before running anything")
+
+    monkeypatch.setattr(cli, "_baseline_path", lambda args: None)
+    monkeypatch.setattr(cli, "_run", stop)
+    with pytest.raises(SystemExit):
+        cli.main(["--cases", "d2l", "--no-progress"])
+    assert "no baseline: parity/baseline/report.json not found" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["--cases", "d2l", "--no-progress", "--no-baseline"])
+    assert "no baseline" not in capsys.readouterr().out
 
 
 def test_default_baseline_is_the_committed_one_when_present(tmp_path, monkeypatch):
