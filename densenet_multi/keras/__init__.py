@@ -17,7 +17,7 @@ from .convert import (
     keras_applications_spec,
     keras_applications_to_canonical,
     load_canonical,
-    resolve_part,
+    resolve,
 )
 from .densenet import (
     ConvBlock,
@@ -25,14 +25,23 @@ from .densenet import (
     DenseLayer,
     DenseNet,
     Transition,
-    check_float64_support,
     densenet121,
     densenet161,
     densenet169,
     densenet201,
     from_spec,
 )
-from .runtime import build, devices, gradients, loss_fn, run, to_canonical_running_var, train_steps
+from .runtime import (
+    build,
+    check_float64_support,
+    devices,
+    gradients,
+    load_checkpoint,
+    loss_fn,
+    run,
+    save_checkpoint,
+    train_steps,
+)
 
 __all__ = [
     "ConvBlock",
@@ -40,12 +49,11 @@ __all__ = [
     "DenseBlock",
     "Transition",
     "DenseNet",
+    "from_spec",
     "densenet121",
     "densenet161",
     "densenet169",
     "densenet201",
-    "from_spec",
-    "check_float64_support",
     "build",
     "load_canonical",
     "export_canonical",
@@ -53,9 +61,11 @@ __all__ = [
     "gradients",
     "train_steps",
     "devices",
+    "save_checkpoint",
+    "load_checkpoint",
+    "resolve",
+    "check_float64_support",
     "loss_fn",
-    "to_canonical_running_var",
-    "resolve_part",
     "canonical_variables",
     "KERAS_APPLICATIONS_EPS",
     "keras_applications_spec",

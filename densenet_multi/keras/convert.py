@@ -4,7 +4,7 @@ Canonical parameters are torchvision's ``state_dict`` names in PyTorch's layout
 (see :mod:`densenet_multi.params`). The Keras model is channels-last: conv
 kernels HWIO, dense kernels (in, out). Every name comes from
 :func:`densenet_multi.params.module_table`; its structural ``part`` is resolved
-against the model in one function, :func:`resolve_part`, and every transpose is
+against the model in one function, :func:`resolve`, and every transpose is
 done by :mod:`densenet_multi.layouts` in one place, :func:`_to_keras` /
 :func:`_from_keras`.
 
@@ -26,13 +26,13 @@ import keras
 import numpy as np
 
 from .. import layouts
-from ..params import DENSE_LAYER_UNITS, ModuleRef, module_table, validate_params
+from ..params import ModuleRef, module_table, validate_params
 from ..spec import DenseNetSpec, get_spec
-from .densenet import DenseNet
+from .densenet import DenseBlock, DenseNet, Transition
 
 __all__ = [
     "KERAS_APPLICATIONS_EPS",
-    "resolve_part",
+    "resolve",
     "canonical_variables",
     "load_canonical",
     "export_canonical",
@@ -59,22 +59,24 @@ _KERAS_VARIABLE = {
 }
 
 
-def resolve_part(model: DenseNet, part: tuple[Any, ...]) -> keras.layers.Layer:
+def resolve(model: DenseNet, part: tuple[Any, ...]) -> keras.layers.Layer:
     """The Keras layer (Conv2D, BatchNormalization or Dense) at a ModuleRef's structural ``part``."""
     head = part[0]
-    if head == "stem":  # ("stem", "conv0" | "norm0")
-        return getattr(model, part[1])
-    if head == "block":  # ("block", b, "layer", l, unit)
-        _, b, _, l, unit = part
-        block_attr, layer_attr = DENSE_LAYER_UNITS[unit]
-        return getattr(getattr(model.blocks[b].dense_layers[l], block_attr), layer_attr)
+    if head in ("stem", "norm5"):  # ("stem", "conv0" | "norm0"), ("norm5",)
+        return model.get_layer(part[-1])
+    if head == "block":  # ("block", b, "layer", l, "norm1" | "conv1" | ... | "norm" | "conv")
+        _, b, _, l, name = part
+        return getattr(_parts(model, DenseBlock)[b].denselayers[l], name)
     if head == "transition":  # ("transition", t, "norm" | "conv")
-        return getattr(model.transitions[part[1]].block, part[2])
-    if head == "norm5":
-        return model.norm5
+        return getattr(_parts(model, Transition)[part[1]], part[2])
     if head == "classifier":
         return model.classifier
     raise KeyError(f"unknown module part {part!r}")
+
+
+def _parts(model: DenseNet, kind: type) -> list[keras.layers.Layer]:
+    """The body's dense blocks or transitions, in order (0-based, as in the part paths)."""
+    return [p for p in model.features if isinstance(p, kind)]
 
 
 def _variables(layer: keras.layers.Layer, ref: ModuleRef) -> dict[str, keras.Variable]:
@@ -89,17 +91,19 @@ def to_numpy(value: Any) -> np.ndarray:
     return np.array(value.numpy() if hasattr(value, "numpy") else value)
 
 
-def _ensure_built(model: DenseNet) -> None:
+def ensure_built(model: DenseNet) -> None:
+    """Create the model's variables if it has none yet: Keras creates them on the first
+    call, so trace one on a symbolic batch of any size (as Keras builds a layer itself)."""
     if not model.built:
-        model.build()
+        model(keras.KerasTensor((None, None, None, model.spec.in_channels)))
 
 
 def canonical_variables(model: DenseNet) -> dict[str, keras.Variable]:
     """Canonical name -> the ``keras.Variable`` holding it, in ``param_table`` order."""
-    _ensure_built(model)
+    ensure_built(model)
     out: dict[str, keras.Variable] = {}
     for ref in module_table(model.spec):
-        out.update(_variables(resolve_part(model, ref.part), ref))
+        out.update(_variables(resolve(model, ref.part), ref))
     return out
 
 

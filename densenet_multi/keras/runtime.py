@@ -10,68 +10,156 @@ under ``KERAS_BACKEND=jax``.
 Every function works in the model's dtype (``build(spec, dtype="float64")``
 gives a model whose Keras dtype policy is float64): inputs are cast to it, and
 stages, running statistics and gradients come back in it; losses are Python
-floats.
+floats. This boundary also validates every input (``spec.InputError``) and
+refuses a float64 model where Keras would compute it in float32
+(:func:`check_float64_support`); the model file does neither.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import weakref
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
 
-from .. import layouts
-from ..backend import GradOutput, check_model_dtype
-from ..params import module_table, running_stat_names
-from ..reference import ForwardOutput
-from ..spec import DenseNetSpec, check_input_dtype, check_input_shape
-from .convert import canonical_dtype, canonical_variables, to_numpy
-from .densenet import DenseNet, check_float64_support, from_spec
+from .. import checkpoint, layouts
+from ..backend import check_model_dtype
+from ..batchnorm import canonical_running_var, sample_counts
+from ..outputs import ForwardOutput, GradOutput
+from ..params import init_params, module_table, running_stat_names
+from ..spec import DenseNetSpec, check_input_dtype, check_input_shape, check_labels
+from .convert import (
+    canonical_dtype,
+    canonical_variables,
+    ensure_built,
+    export_canonical,
+    load_canonical,
+    to_numpy,
+)
+from .densenet import DenseNet, from_spec
 
-__all__ = ["build", "run", "gradients", "train_steps", "devices", "to_canonical_running_var",
-           "loss_fn"]
+__all__ = ["build", "run", "gradients", "train_steps", "devices", "save_checkpoint",
+           "load_checkpoint", "check_float64_support", "loss_fn"]
+
+
+def check_float64_support() -> None:
+    """Raise RuntimeError, saying why and what to do, where this Keras backend would not
+    compute a float64 model in float64; return quietly where it would (TensorFlow).
+
+    Two things stand in the way under ``KERAS_BACKEND=jax``, both silent:
+
+    * without its 64-bit mode (``JAX_ENABLE_X64=1``) JAX truncates every float64
+      array it creates to float32, with a warning: the variables would claim
+      float64 and hold float32;
+    * even with it, Keras's type promotion under JAX maps float64 to float32
+      (``keras.backend.result_type("float64", "float32") == "float32"``, "to be
+      aligned with JAX's default behavior"; Keras 3.15), and
+      ``BatchNormalization`` and ``ops.mean`` (global average pooling, the loss)
+      compute in ``result_type(x.dtype, "float32")``: measured on a small
+      DenseNet-BC, the stages are then up to 7e-7 and the gradients 3e-6 away
+      from the float64 reference, instead of 1e-15.
+
+    The second is checked through ``keras.backend.result_type`` itself, so a Keras
+    that promotes float64 to float64 under JAX passes.
+    """
+    reasons = []
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            reasons.append("JAX's 64-bit mode is off (jax_enable_x64 is False), so JAX would "
+                           "create every float64 array as float32: set JAX_ENABLE_X64=1 in the "
+                           "environment (or jax.config.update('jax_enable_x64', True))")
+    if keras.backend.result_type("float64", "float32") != "float64":
+        reasons.append(
+            f"Keras {keras.__version__} promotes float64 to float32 under "
+            f"KERAS_BACKEND={keras.backend.backend()} (keras.backend.result_type('float64', "
+            "'float32') is float32), so BatchNormalization and ops.mean would compute in "
+            "float32 even with 64-bit mode on")
+    if reasons:
+        raise RuntimeError(
+            f"a float64 DenseNet would silently compute in float32 under "
+            f"KERAS_BACKEND={keras.backend.backend()}: " + "; and ".join(reasons)
+            + ". Use KERAS_BACKEND=tensorflow for float64 models.")
+
+
+def _keras_device(device: str) -> str:
+    """The contract's device names ("cpu", "cuda", "cuda:1") in Keras's ("gpu:1")."""
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return f"{'gpu' if kind == 'cuda' else 'cpu'}:{index or 0}"
 
 
 def build(spec: DenseNetSpec, *, device: str | None = None, seed: int = 0,
-          dtype: str | None = None) -> DenseNet:
-    """A built :class:`DenseNet` for ``spec`` with Keras's initialisation, seeded.
+          dtype: str = "float32", memory_efficient: bool = False) -> DenseNet:
+    """A built :class:`DenseNet` for ``spec`` holding the canonical seeded weights
+    ``params.init_params(spec, seed, dtype=dtype)``: the same weights as every other
+    backend for the same seed, bit for bit.
 
     ``dtype`` ("float32" or "float64", checked by
     :func:`densenet_multi.backend.check_model_dtype`) is the model's Keras dtype
-    policy: its variables (BN moving statistics included) and its computation.
-    None (the default) is Keras's global policy, float32 unless
-    ``keras.config.set_dtype_policy`` changed it; the global policy itself is never
-    changed. Where Keras's backend would compute a float64 model in float32
-    (``KERAS_BACKEND=jax``: without ``JAX_ENABLE_X64=1``, and with it while Keras
-    promotes float64 to float32 there), float64 raises RuntimeError saying so
-    (:func:`~densenet_multi.keras.densenet.check_float64_support`). ``seed``
-    seeds Keras globally (``keras.utils.set_random_seed``: Python, NumPy and the
-    backend), as Keras's initialisers draw from the global seed.
+    policy: its variables (BN moving statistics included) and its computation; the
+    global policy is never changed. Where Keras's backend would compute a float64
+    model in float32 (``KERAS_BACKEND=jax``), float64 raises RuntimeError saying so
+    (:func:`check_float64_support`). ``memory_efficient`` recomputes each dense
+    layer's concatenation and first BN-ReLU-conv in the backward pass.
     """
-    name = check_model_dtype(keras.config.dtype_policy().name if dtype is None else dtype)
-    if name == "float64":
-        check_float64_support()  # before seeding: a refused build changes nothing
-    keras.utils.set_random_seed(seed)
-    if device is None:
-        return from_spec(spec, seed=seed, dtype=name)
-    with keras.device(device):
-        return from_spec(spec, seed=seed, dtype=name)
+    name = check_model_dtype(dtype)
+    return _model(spec, init_params(spec, seed, dtype=name), name, device, memory_efficient)
+
+
+def save_checkpoint(model: DenseNet, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write ``model`` as a canonical safetensors checkpoint (spec in the metadata), atomically."""
+    return checkpoint.save(path, export_canonical(model), model.spec, overwrite=overwrite,
+                           dtype=None)
+
+
+def load_checkpoint(path: str | os.PathLike, spec: DenseNetSpec | None = None, *,
+                    device: str | None = None, dtype: str | None = None,
+                    memory_efficient: bool = False) -> DenseNet:
+    """A model built from a canonical checkpoint (its stored spec, or ``spec``, which must
+    agree with it), in the file's dtype unless ``dtype`` says otherwise, with every
+    parameter and running statistic loaded."""
+    params, spec = checkpoint.load(path, spec, dtype=None)
+    name = check_model_dtype(dtype or next(iter(params.values())).dtype)
+    return _model(spec, params, name, device, memory_efficient)
+
+
+def _model(spec: DenseNetSpec, params: Mapping[str, np.ndarray], dtype: str,
+           device: str | None, memory_efficient: bool) -> DenseNet:
+    """A model of ``spec`` in ``dtype`` on ``device``, holding ``params`` (cast to ``dtype``)."""
+    if dtype == "float64":
+        check_float64_support()
+    with contextlib.nullcontext() if device is None else keras.device(_keras_device(device)):
+        model = from_spec(spec, memory_efficient=memory_efficient, dtype=dtype)
+        load_canonical(model, params)  # creates the variables first (convert.ensure_built)
+    return model
 
 
 def _dtype(model: DenseNet) -> np.dtype:
-    """The model's dtype as a numpy dtype: what inputs are cast to and outputs come back in."""
-    return canonical_dtype(model.compute_dtype)
+    """The model's dtype as a numpy dtype: what inputs are cast to and outputs come back in
+    (a float64 model, however it was made, is refused where it would compute in float32)."""
+    dtype = canonical_dtype(model.compute_dtype)
+    if dtype == np.float64:
+        check_float64_support()
+    return dtype
 
 
 def _nhwc_batch(model: DenseNet, x: Any) -> np.ndarray:
     """Validate a canonical NCHW batch and return it as NHWC in the model's dtype."""
+    dtype = _dtype(model)  # a refused float64 model is refused before it creates variables
+    ensure_built(model)
     x = np.asarray(x)
     check_input_dtype(x.dtype)
     check_input_shape(model.spec, x.shape, "NCHW")
-    return layouts.nchw_to_nhwc(x.astype(_dtype(model), copy=False))
+    return layouts.nchw_to_nhwc(x.astype(dtype, copy=False))
 
 
 def _numpy(value: Any, dtype: np.dtype) -> np.ndarray:
@@ -95,59 +183,19 @@ def loss_fn(labels: Any, logits: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- running statistics
-def _bn_sample_counts(spec: DenseNetSpec, n: int, h: int, w: int) -> dict[str, int]:
-    """Canonical BN prefix -> the number of values per channel it normalises (N * H * W)."""
-    shapes = spec.stage_shapes(h, w)
-    stem_hw = (spec.stem_conv.out_size(h), spec.stem_conv.out_size(w))  # norm0 runs before the pool
-    counts = {}
-    for ref in module_table(spec):
-        if ref.kind != "bn":
-            continue
-        head = ref.part[0]
-        if head == "stem":
-            hw = stem_hw
-        elif head in ("block", "transition"):  # a transition's BN runs on its block's output
-            hw = shapes[f"block{ref.part[1] + 1}"][1:]
-        else:  # norm5
-            hw = shapes["features"][1:]
-        counts[ref.prefix] = n * hw[0] * hw[1]
-    return counts
-
-
-def to_canonical_running_var(keras_var: np.ndarray, old_var: np.ndarray, count: int,
-                             bn_momentum: float) -> np.ndarray:
-    """Keras's updated running variance -> PyTorch's (canonical) one, for one BN layer.
-
-    With the spec's momentum ``m`` (PyTorch's convention), Keras computes
-    ``new = (1 - m) * old + m * var_b`` with the *biased* batch variance ``var_b``;
-    PyTorch uses the *unbiased* one, ``var_b * count / (count - 1)``. The two
-    differ by ``m * var_b / (count - 1)``, and ``m * var_b = new - (1 - m) * old``
-    is recovered from the old and new running values, so
-    ``canonical = new + (new - (1 - m) * old) / (count - 1)`` (in float64: the
-    correction is small and is added without cancellation), returned in the
-    dtype of ``keras_var``.
-    """
-    dtype = np.asarray(keras_var).dtype
-    new = np.asarray(keras_var, np.float64)
-    if count <= 1:  # a single value has zero variance either way
-        return new.astype(dtype)
-    m_var_b = new - (1.0 - bn_momentum) * np.asarray(old_var, np.float64)
-    return (new + m_var_b / (count - 1)).astype(dtype)
-
-
 def _running_to_canonical(spec: DenseNetSpec, old: Mapping[str, np.ndarray],
                           new: Mapping[str, np.ndarray], x_shape: tuple[int, ...]
                           ) -> dict[str, np.ndarray]:
     n, h, w = x_shape[0], x_shape[1], x_shape[2]  # NHWC
-    counts = _bn_sample_counts(spec, n, h, w)
+    counts = sample_counts(spec, n, h, w)
     out = {}
     for ref in module_table(spec):
         for p in ref.params:
             if p.kind == "bn_running_mean":
                 out[p.name] = np.asarray(new[p.name])  # same rule in both
             elif p.kind == "bn_running_var":
-                out[p.name] = to_canonical_running_var(new[p.name], old[p.name],
-                                                       counts[ref.prefix], spec.bn_momentum)
+                out[p.name] = canonical_running_var(old[p.name], new[p.name],
+                                                    counts[ref.prefix], spec.bn_momentum)
     return out
 
 
@@ -216,7 +264,7 @@ def run(model: DenseNet, x: Any, *, train: bool = False) -> ForwardOutput:
     ``train=True`` normalises with batch statistics and returns the updated BN
     running statistics in the canonical (PyTorch) convention: Keras updates the
     running variance with the biased batch variance, converted by
-    :func:`to_canonical_running_var`. The Keras-native values are in
+    :func:`densenet_multi.batchnorm.canonical_running_var`. The Keras-native values are in
     ``extras["keras_running"]``. The model itself is not changed (the pass is
     stateless), so ``run`` is a pure query. The input is cast to the model's
     dtype; every output is in it.
@@ -279,13 +327,6 @@ def _loss_and_grads(model: DenseNet, x: np.ndarray, labels: np.ndarray
         f"not {backend!r} (set KERAS_BACKEND)")
 
 
-def _labels(labels: Any, n: int) -> np.ndarray:
-    y = np.asarray(labels)
-    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"labels must be {n} integers, got {y.dtype} array of shape {y.shape}")
-    return y.astype(np.int32)
-
-
 def gradients(model: DenseNet, x: Any, labels: Any) -> GradOutput:
     """Loss and its gradient for every trainable canonical parameter and the input.
 
@@ -294,7 +335,7 @@ def gradients(model: DenseNet, x: Any, labels: Any) -> GradOutput:
     statistics are left unchanged.
     """
     xn = _nhwc_batch(model, x)
-    y = _labels(labels, xn.shape[0])
+    y = check_labels(labels, xn.shape[0], model.spec.num_classes)
     loss, grads, dx, _ = _loss_and_grads(model, xn, y)
     by_id = {id(v): g for v, g in zip(model.trainable_variables, grads, strict=True)}
     kinds = {p.name: p.kind for ref in module_table(model.spec) for p in ref.params}
@@ -329,6 +370,8 @@ def train_steps(model: DenseNet, batches: Iterable[tuple[Any, Any]], *, lr: floa
     """
     lr64, mu64 = np.float64(lr), np.float64(momentum)
     optimizer = keras.optimizers.SGD(learning_rate=lambda: lr64, momentum=mu64)
+    _dtype(model)  # refuses a float64 model where it would compute in float32
+    ensure_built(model)
     optimizer.build(model.trainable_variables)
     step = _jax_train_step(model, optimizer) if keras.backend.backend() == "jax" else None
     spec = model.spec
@@ -337,7 +380,7 @@ def train_steps(model: DenseNet, batches: Iterable[tuple[Any, Any]], *, lr: floa
     losses = []
     for x, labels in batches:
         xn = _nhwc_batch(model, x)
-        y = _labels(labels, xn.shape[0])
+        y = check_labels(labels, xn.shape[0], model.spec.num_classes)
         old = _read(variables, names)
         if step is not None:
             loss, trainable, non_trainable, opt_state = step(
@@ -371,18 +414,17 @@ def _jax_train_step(model: DenseNet, optimizer: keras.optimizers.Optimizer) -> C
 
 
 def devices() -> list[str]:
-    """The devices Keras's backend can run on here: "cpu", and "gpu" where there is one."""
+    """The devices Keras's backend can run on here: "cpu", then "cuda" (and "cuda:N" for
+    more than one GPU), in the contract's vocabulary (Keras and TensorFlow say "gpu")."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        found = {d.device_type.lower() for d in tf.config.list_physical_devices()}
+        gpus = len(tf.config.list_physical_devices("GPU"))
     elif backend == "jax":
         import jax
 
-        found = {d.platform.lower() for d in jax.devices()}
-        found.add("cpu")
-        found = {"gpu" if d == "cuda" else d for d in found}
+        gpus = sum(d.platform == "gpu" for d in jax.devices())
     else:
-        found = {"cpu"}
-    return sorted(found, key=lambda d: (d != "cpu", d))
+        gpus = 0
+    return ["cpu", *(["cuda"] if gpus else []), *(f"cuda:{i}" for i in range(1, gpus))]

@@ -43,10 +43,11 @@ def batch(spec: DenseNetSpec, size: int, n: int = 2, seed: int = 0) -> np.ndarra
 
 
 @functools.cache
-def loaded_model(spec: DenseNetSpec, seed: int = 0, dtype: str = "float32"):
+def loaded_model(spec: DenseNetSpec, seed: int = 0, dtype: str = "float32",
+                 memory_efficient: bool = False):
     """(model, canonical params) with seeded non-trivial BN statistics, both in ``dtype``;
     cached: tests must not change the model (``run`` and ``gradients`` leave it untouched)."""
-    model = dk.build(spec, seed=seed, dtype=dtype)
+    model = dk.build(spec, seed=seed, dtype=dtype, memory_efficient=memory_efficient)
     params = init_params(spec, seed, nontrivial_bn=True, dtype=dtype)
     dk.load_canonical(model, params)
     return model, params

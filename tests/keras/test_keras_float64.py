@@ -4,9 +4,9 @@ Under TensorFlow a float64 model holds its variables (BN moving statistics
 included) in float64 and computes in float64, without the global dtype policy:
 eval and train forward, running statistics, gradients and an SGD trajectory
 against the float64 NumPy reference at the float64 tolerances, bit-exact
-canonical export/load, ``.keras`` save/load. Under JAX ``build`` refuses float64
-with a clear error (64-bit mode off; and Keras's type promotion under JAX
-computes BatchNormalization and ``ops.mean`` in float32 even with it on).
+canonical export/load, checkpoints, ``.keras`` save/load. Under JAX the runtime (``build``, ``run``...)
+refuses float64 with a clear error (64-bit mode off; and Keras's type promotion
+under JAX computes BatchNormalization and ``ops.mean`` in float32 even with it on).
 """
 
 from __future__ import annotations
@@ -96,20 +96,23 @@ def test_float64_model_everywhere_without_the_global_policy():
     assert {v.dtype for v in model.variables} == {"float64"}
     assert any("moving_variance" in v.path for v in model.non_trainable_variables)
     # the constructors take Keras's dtype argument, a name or a DTypePolicy
-    assert dk.from_spec(TINY_BC, dtype=keras.DTypePolicy("float64")).classifier.kernel.dtype \
-        == "float64"
-    block = dk.ConvBlock(4, TINY_BC.growth_conv, dtype="float64")
-    assert {block.norm.dtype_policy.name, block.conv.dtype_policy.name} == {"float64"}
+    net = dk.from_spec(TINY_BC, dtype=keras.DTypePolicy("float64"))
+    assert net(np.zeros((1, 16, 16, 3))).dtype == "float64"
+    assert net.classifier.kernel.dtype == "float64"
+    block = dk.ConvBlock(TINY_BC, 3, 4, TINY_BC.growth_conv, dtype="float64")
+    assert block(np.zeros((1, 4, 4, 3))).dtype == "float64"
+    assert {block.norm.moving_variance.dtype, block.conv.kernel.dtype} == {"float64"}
 
 
 @requires_tensorflow
-def test_build_without_dtype_follows_the_global_policy():
-    """``dtype=None`` is Keras's default: the global policy (float32 unless set)."""
+def test_model_without_dtype_follows_the_global_policy_build_does_not():
+    """``dtype=None`` is Keras's default for the model class: the global policy (float32
+    unless set); ``build`` says float32 unless told otherwise (the contract)."""
     old = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float64")
     try:
-        assert dk.build(TINY_BC).dtype_policy.name == "float64"
-        assert dk.build(TINY_BC, dtype="float32").dtype_policy.name == "float32"
+        assert dk.DenseNet(TINY_BC).dtype_policy.name == "float64"
+        assert dk.build(TINY_BC).dtype_policy.name == "float32"
     finally:
         keras.config.set_dtype_policy(old)
 
@@ -141,10 +144,11 @@ def test_float64_eval_and_train_match_float64_reference(spec):
 
 # ---------------------------------------------------------------- gradients, SGD
 @requires_tensorflow
-@pytest.mark.parametrize("spec", [*SPECS, TINY_BC.replace(memory_efficient=True, name="tiny-me")],
-                         ids=_ids)
-def test_float64_gradients_match_float64_reference(spec):
-    model, params = loaded_model(spec, 0, "float64")
+@pytest.mark.parametrize("spec, memory_efficient", [(TINY_BC, False), (TINY_D2L, False),
+                                                    (TINY_BC, True)],
+                         ids=["tiny", "tiny-d2l", "tiny-remat"])
+def test_float64_gradients_match_float64_reference(spec, memory_efficient):
+    model, params = loaded_model(spec, 0, "float64", memory_efficient)
     x, y = _batch64(spec, 3, seed=2), _labels(spec, 3, seed=2)
     got = dk.gradients(model, x, y)
     ref = ref_gradients(spec, params, x, y, dtype="float64")
@@ -230,9 +234,24 @@ def test_float64_export_load_is_bit_exact_and_casts():
 
 
 @requires_tensorflow
-def test_float64_model_saved_as_keras_stays_float64(tmp_path):
-    spec = TINY_BC.replace(memory_efficient=True)
+def test_float64_checkpoint_loads_as_a_float64_model(tmp_path):
+    spec = TINY_D2L
+    params = init_params(spec, 12, nontrivial_bn=True, dtype="float64")
     model = dk.build(spec, dtype="float64")
+    dk.load_canonical(model, params)
+    path = dk.save_checkpoint(model, tmp_path / "tiny64.safetensors")
+    loaded = dk.load_checkpoint(path)
+    assert loaded.dtype_policy.name == "float64"
+    exported = dk.export_canonical(loaded)
+    assert all(exported[k].dtype == np.float64 and np.array_equal(exported[k], params[k])
+               for k in params)
+    assert dk.load_checkpoint(path, dtype="float32").dtype_policy.name == "float32"
+
+
+@requires_tensorflow
+def test_float64_model_saved_as_keras_stays_float64(tmp_path):
+    spec = TINY_BC
+    model = dk.build(spec, dtype="float64", memory_efficient=True)
     params = init_params(spec, 9, nontrivial_bn=True, dtype="float64")
     dk.load_canonical(model, params)
     path = tmp_path / "tiny64.keras"
@@ -262,9 +281,11 @@ def test_float64_is_refused_under_jax_without_x64():
         pytest.skip("JAX's 64-bit mode is on in this process")
     with pytest.raises(RuntimeError, match=r"JAX_ENABLE_X64=1.*KERAS_BACKEND=tensorflow"):
         dk.build(TINY_BC, dtype="float64")
+    # a float64 model made with the class itself is refused at the runtime boundary
+    x = np.zeros((1, 3, 16, 16), np.float32)
     with pytest.raises(RuntimeError, match="JAX_ENABLE_X64=1"):
-        dk.DenseNet(TINY_BC, dtype="float64")  # the model itself, not only build()
-    assert dk.build(TINY_BC, dtype="float32").dtype_policy.name == "float32"
+        dk.run(dk.DenseNet(TINY_BC, dtype="float64"), x)
+    assert dk.run(dk.build(TINY_BC, dtype="float32"), x).logits.dtype == np.float32
 
 
 @requires_jax

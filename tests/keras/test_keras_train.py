@@ -1,26 +1,43 @@
-"""The training entry point (one-epoch smoke run) and the teaching notebook."""
+"""The training entry point (a short run with a measured accuracy floor) and the teaching
+notebook (which asserts its parity errors against the tolerance table)."""
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
+import keras
 import pytest
 
+from densenet_multi import keras as dk
 from densenet_multi.keras import train
+from densenet_multi.spec import get_spec
+from densenet_multi.testing import tolerance
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_train_smoke_one_epoch(capsys, tmp_path):
+#: Measured with this configuration (d2l net, digits at 32x32, the first 512 training
+#: images, all 359 test images, batch 32, SGD momentum 0.9, cosine from lr 0.05, 5 epochs):
+#: test accuracy 0.967 (TensorFlow, seed 0), 0.953 (TensorFlow, seed 1), 0.961 (JAX,
+#: seed 0); the first epoch ends at 0.11-0.15 (the BN running statistics have not
+#: caught up yet), the third at 0.77-0.90. The floor leaves about 0.1 of margin.
+ACCURACY_FLOOR = 0.85
+
+
+def test_train_reaches_the_measured_accuracy(capsys, tmp_path):
     save = tmp_path / "best.keras"
-    code = train.main(["--epochs", "1", "--subset", "64", "--batch-size", "32", "--lr", "0.05",
-                       "--verbose", "0", "--save", str(save)])
-    assert code == 0
+    code = train.main(["--epochs", "5", "--subset", "512", "--batch-size", "32", "--lr", "0.05",
+                       "--verbose", "0", "--save", str(save),
+                       "--min-accuracy", str(ACCURACY_FLOOR)])
     out = capsys.readouterr().out
-    assert "test accuracy" in out and "1 epoch(s)" in out
-    assert save.exists()
+    accuracy = float(re.search(r"test accuracy (\d\.\d+)", out).group(1))
+    assert accuracy >= ACCURACY_FLOOR and code == 0, out
+    assert "5 epoch(s)" in out
+    best = keras.models.load_model(save)  # the best epoch, saved by ModelCheckpoint
+    assert isinstance(best, dk.DenseNet) and best.spec == get_spec("d2l", in_channels=1)
 
 
 def test_train_rejects_bad_arguments(capsys):
@@ -56,5 +73,16 @@ def test_notebook_executes():
         os.environ["PYTHONPATH"] = env_path
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                       for o in c.get("outputs", []))
-    assert "max rel error vs reference" in outputs
+    # The notebook asserts its errors itself (a failed assert fails execute()); check
+    # here that every stage was compared in both modes, each within its tolerance.
+    errors = re.findall(r"^(eval|train) +(\w+) +max rel error vs reference (\S+) \(tolerance (\S+)\)",
+                        outputs, flags=re.MULTILINE)
+    stages = get_spec("d2l").stage_names
+    assert sorted((mode, name) for mode, name, _, _ in errors) == sorted(
+        (mode, name) for mode in ("eval", "train") for name in stages)
+    for mode, name, error, tol in errors:
+        assert float(tol) == tolerance(mode) and float(error) <= tolerance(mode), (mode, name)
+    running = re.search(r"running statistics max rel error vs reference (\S+)", outputs)
+    assert float(running.group(1)) <= tolerance("running")
+    assert "test accuracy after 5 short epochs" in outputs
     assert time.perf_counter() - start < 300
