@@ -62,24 +62,42 @@ class Framework:
 
 
 FRAMEWORK_DIFFERENCES: dict[str, Framework] = {
-    "torch": Framework(call="forward", why="nn.Module: forward(); modules need no extras"),
+    "torch": Framework(
+        call="forward",
+        why="nn.Module: forward(); modules need no extras. features is an nn.Sequential "
+            "(torchvision's state_dict keys) and so holds a parameter-free relu0 between norm0 "
+            "and pool0; DenseLayer.forward takes the list of earlier maps so that the "
+            "concatenation sits inside the part memory_efficient recomputes; DenseBlock is an "
+            "nn.ModuleDict (torchvision's keys denselayerN)",
+    ),
     "flax": Framework(
         call="__call__",
         init_extras=("dtype", "param_dtype", "rngs"),
         why="NNX: __call__; layers are created eagerly, so the computation dtype, the "
-            "parameter dtype and the RNG streams are constructor arguments (keyword-only, last)",
+            "parameter dtype and the RNG streams are constructor arguments (keyword-only, last). "
+            "NNX sorts a module's attributes by name (denselayer10 before denselayer2), so "
+            "DenseNet and DenseBlock keep a private _order; Flax has pooling functions, not "
+            "layers, so pool0 and Transition.pool are parameter-free private modules; "
+            "dropout is an nnx.Dropout child (it carries its RNG stream)",
     ),
     "keras": Framework(
         call="call",
         init_var_keyword=True,
         extra_methods={"DenseNet": frozenset({"get_config", "from_config"})},
-        why="keras.layers.Layer: call(); **kwargs carries name/dtype to Layer; the model "
-            "serialises the spec once in get_config/from_config (.keras files)",
+        why="keras.layers.Layer: call(x, training=None); **kwargs carries name/dtype to "
+            "Layer; the model serialises the spec once in get_config/from_config (.keras "
+            "files); Keras infers weight shapes on the first call, so in_channels becomes an "
+            "InputSpec (unused by DenseLayer, whose input is a list); a Layer is not a dict, "
+            "so DenseBlock keeps its layers in a tracked list (Keras names denselayerN); the "
+            "stride-2 stem pads explicitly (pad0, pool0_pad: 'same' pads (2, 3) there)",
     ),
     "gluon": Framework(
         call="hybrid_forward",
         init_var_keyword=True,
-        why="HybridBlock: hybrid_forward(F, ...) (MXNet 1.9); **kwargs carries prefix/params",
+        why="HybridBlock: hybrid_forward(F, ...) (MXNet 1.9); **kwargs carries prefix/params; "
+            "a block's inputs are positional arrays, so DenseLayer takes *maps; features is a "
+            "HybridSequential and so holds relu0 like torch's; the two-pass train-mode "
+            "BatchNorm lives in gluon/layers.py (MXNet's CPU kernel measured 10x less precise)",
     ),
 }
 
