@@ -43,11 +43,11 @@ Only the standard library is used: this module imports under numpy 1.23 and 2.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import os
 import re
-import shutil
 import sys
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,7 +72,11 @@ KEY_FIELDS = ("case", "check", "subject", "against", "name")
 Key = tuple[str, str, str, str, str]
 
 REGRESSED, MISSING, NEW, FIXED, OK = "regressed", "missing", "new", "fixed", "ok"
-DEFAULT_BASELINE = "parity/baseline/report.json"
+DEFAULT_BASELINE = "parity/baseline/report.json.gz"
+#: what a committed baseline keeps of a run's report.json: everything but the per-case
+#: tables (``cases``, ``cells``), which report.md shows and the comparison never reads.
+#: gzip: the default run's items are 14 MB of JSON, 0.5 MB compressed.
+BASELINE_DROPS = ("cases", "cells")
 _SUBJECT_SEPARATORS = re.compile(r"<?->|[~,/@|\s]+")
 
 
@@ -92,11 +96,13 @@ def load_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        raw = p.read_bytes()
+        # a committed baseline is gzip'd JSON (report.json.gz), a run's report.json is not
+        text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
     except FileNotFoundError:
         raise BaselineError(f"baseline {p}: no such file (the committed baseline is "
                             f"{DEFAULT_BASELINE}; parity/README.md says how to make one)") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, EOFError, UnicodeDecodeError) as e:  # gzip errors are OSError/EOFError
         raise BaselineError(f"baseline {p}: cannot read it: {e}") from None
     try:
         data = json.loads(text)
@@ -564,15 +570,25 @@ def _update_command(run: Path, to: Path) -> int:
     if report.get("exit_status", 0) != 0:
         raise BaselineError(f"{run / 'report.json'}: the run exited {report['exit_status']}; "
                             "a failing run is not a baseline")
-    old = to / "report.json"
+    old = to / Path(DEFAULT_BASELINE).name
     if old.exists():
         print(render_text(compare_with_baseline(report, load_baseline(old)), limit=None))
     to.mkdir(parents=True, exist_ok=True)
-    copied = [name for name in ("report.json", "report.md") if (run / name).exists()]
-    for name in copied:
-        shutil.copyfile(run / name, to / name)
-    print(f"baseline updated: {', '.join(str(to / n) for n in copied)} (review and commit them)")
+    slim = {k: v for k, v in report.items() if k not in BASELINE_DROPS}
+    text = json.dumps(slim, separators=(",", ":"), sort_keys=True)
+    _write_atomic(old, gzip.compress(text.encode("utf-8"), compresslevel=9, mtime=0))
+    written = [old]
+    if (run / "report.md").exists():
+        _write_atomic(to / "report.md", (run / "report.md").read_bytes())
+        written.append(to / "report.md")
+    print(f"baseline updated: {', '.join(map(str, written))} (review and commit them)")
     return 0
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

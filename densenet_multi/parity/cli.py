@@ -6,7 +6,7 @@ Examples::
     densenet-multi parity --backends torch,gluon --cases d2l
     densenet-multi parity --device cuda                 # also GPU vs CPU (torch, flax)
     densenet-multi parity --python torch=/opt/venv/bin/python --require-all
-    densenet-multi parity --baseline parity/baseline/report.json   # the default, when present
+    densenet-multi parity --baseline parity/baseline/report.json.gz   # the default, when present
 """
 
 from __future__ import annotations

@@ -330,8 +330,16 @@ def test_command_line_compare_and_update(tmp_path, capsys):
     assert "a failing run is not a baseline" in capsys.readouterr().err
     (run / "report.json").write_text(json.dumps({**_jitter(_base()), "exit_status": 0}))
     assert bl.main(["update", str(run), "--to", str(committed)]) == 0
-    assert load_baseline(committed / "report.json")["exit_status"] == 0
+    written = committed / "report.json.gz"  # gzip'd, without the per-case tables
+    assert written.read_bytes()[:2] == b"\x1f\x8b"
+    assert load_baseline(written)["exit_status"] == 0
     assert (committed / "report.md").read_text() == "# report\n"
+    assert sorted(p.name for p in committed.iterdir()) == ["report.json", "report.json.gz",
+                                                         "report.md"]  # no temporary left
+    assert bl.main(["compare", str(run / "report.json"), str(written)]) == 0
+    written.write_bytes(written.read_bytes()[:100])  # a truncated baseline is refused
+    assert bl.main(["compare", str(run / "report.json"), str(written)]) == 2
+    assert "cannot read it" in capsys.readouterr().err
     assert bl.main(["compare", str(tmp_path / "none.json")]) == 2
 
 

@@ -567,7 +567,7 @@ def test_a_missing_default_baseline_is_said_not_silent(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_run", stop)
     with pytest.raises(SystemExit):
         cli.main(["--cases", "d2l", "--no-progress"])
-    assert "no baseline: parity/baseline/report.json not found" in capsys.readouterr().out
+    assert "no baseline: parity/baseline/report.json.gz not found" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli.main(["--cases", "d2l", "--no-progress", "--no-baseline"])
     assert "no baseline" not in capsys.readouterr().out
