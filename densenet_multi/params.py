@@ -37,7 +37,6 @@ import numpy as np
 from .spec import DenseNetSpec
 
 __all__ = [
-    "DENSE_LAYER_UNITS",
     "KINDS",
     "ModuleRef",
     "ParamInfo",
@@ -59,21 +58,6 @@ KINDS: dict[str, tuple[bool, str]] = {
     "bn_running_var": (False, "BatchNorm running variance (C,)"),
     "linear_weight": (True, "classifier weight (out, in)"),
     "linear_bias": (True, "classifier bias (out,)"),
-}
-
-
-#: A dense layer is one or two conv blocks (BN-ReLU-conv): the 1x1 "bottleneck"
-#: unit (DenseNet-B only) and the 3x3 "growth" unit that makes the k new maps.
-#: Canonical sub-layer name -> (unit, layer in that unit). The backends name
-#: their two units ``bottleneck`` and ``growth``; their converters resolve a
-#: ``("block", b, "layer", l, name)`` part through this table.
-DENSE_LAYER_UNITS: dict[str, tuple[str, str]] = {
-    "norm1": ("bottleneck", "norm"),
-    "conv1": ("bottleneck", "conv"),
-    "norm2": ("growth", "norm"),
-    "conv2": ("growth", "conv"),
-    "norm": ("growth", "norm"),  # a plain layer: its one BN-ReLU-3x3 unit
-    "conv": ("growth", "conv"),
 }
 
 
