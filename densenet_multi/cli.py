@@ -134,10 +134,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _train(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="densenet-multi train", add_help=False)
-    p.add_argument("--backend", choices=sorted(BACKENDS), required=True)
+    p.add_argument("--backend", choices=sorted(BACKENDS))
     known, rest = p.parse_known_args(argv)
+    if known.backend is None:
+        if {"-h", "--help"} & set(rest):  # help without a backend: the shared options
+            _train_help_parser().print_help()
+            return 0
+        p.error(f"the following arguments are required: --backend (one of "
+                f"{', '.join(sorted(BACKENDS))}); `train --backend B --help` shows B's options")
     mod = importlib.import_module(f"{BACKENDS[known.backend][0]}.train")
     return int(mod.main(rest) or 0)
+
+
+def _train_help_parser() -> argparse.ArgumentParser:
+    from .data import add_training_arguments
+
+    p = argparse.ArgumentParser(
+        prog="densenet-multi train --backend {" + ",".join(sorted(BACKENDS)) + "}",
+        description="Train the d2l DenseNet in one backend's own idiom on scikit-learn's digits "
+                    "(offline) or Fashion-MNIST IDX files. These options are shared by all "
+                    "four; `densenet-multi train --backend B --help` adds B's own.")
+    add_training_arguments(p)
+    return p
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -110,3 +110,13 @@ def test_shared_training_arguments():
         p.parse_args(["--epochs", "0"])
     with pytest.raises(SystemExit):
         dataset_from_args(p.parse_args(["--data", "fashion-mnist"]), p)
+
+
+def test_train_help_without_a_backend_lists_the_shared_options(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--backend {flax,gluon,keras,torch}" in out and "--epochs" in out
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--epochs", "1"])
+    assert e.value.code == 2
+    assert "--backend (one of flax, gluon, keras, torch)" in capsys.readouterr().err
