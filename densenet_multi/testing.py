@@ -11,11 +11,11 @@ the float64 reference and pairwise; docs/parity.md has the table):
 
 * float32: the three official DenseNet-121s (torchvision, keras.applications,
   Gluon zoo) agree to within 2e-6 of the largest magnitude at every stage
-  (design notes); our backends reach 1.8e-6 in eval mode (tolerance 1e-5: a
-  margin of 5.5x) and 2.4e-5 in train mode on densenet121 (tolerance 5e-5:
-  2x). These are tight on purpose: a looser float32 tolerance hides real bugs.
-* float64: the margins are wide, 83x to 8e4x: eval 3.9e-15 (tolerance
-  1e-12: 256x), train 1.2e-13 (1e-11: 83x), gradients 8.7e-13 (1e-10: 115x),
+  (design notes); our backends reach 2.3e-6 in eval mode (pairwise; tolerance
+  1e-5: a margin of 4.3x) and 2.5e-5 in train mode on densenet121 (tolerance
+  5e-5: 2x). These are tight on purpose: a looser float32 tolerance hides real bugs.
+* float64: the margins are wide, 90x to 8e4x: eval 4.7e-15 (tolerance
+  1e-12: 210x), train 1.1e-13 (1e-11: 90x), gradients 9.1e-13 (1e-10: 110x),
   trajectories 1.2e-15 (1e-10: 8e4x); running statistics 3.3e-15 (1e-12:
   300x; PyTorch and Gluon). They are not tightened to 5x because
   there is nothing between them and the smallest real bug to catch: a
