@@ -163,11 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     result = _run(args, cases, backends, pythons, console)
     from .compare import compare_run
-    from .report import exit_status, render_terminal, report_data, write_reports
+    from .report import baseline_fields, exit_status, render_terminal, write_reports
 
     ccs = compare_run(result)
     names = [b.name for b in backends]
-    cmp = _against_baseline(baseline, report_data(ccs, names, result.outcomes), cases, names)
+    cmp = _against_baseline(baseline, baseline_fields(ccs, result.outcomes, names), cases, names)
     code = exit_status(ccs, result.outcomes, require_all=args.require_all, baseline=cmp)
     seconds = time.perf_counter() - t0
     write_reports(result.run_dir, ccs, names, result.outcomes, pythons=result.pythons,

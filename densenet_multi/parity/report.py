@@ -37,7 +37,7 @@ from .compare import CaseComparison, Cell
 from .runfolder import FORMAT, RunFolder
 from .status import Status, fails_run, from_outcome, worst
 
-__all__ = ["exit_status", "markdown", "render_terminal", "report_data", "summary",
+__all__ = ["baseline_fields", "exit_status", "markdown", "render_terminal", "report_data", "summary",
            "write_reports"]
 
 RUNNING_NOTE = (
@@ -168,12 +168,21 @@ def items(ccs: Sequence[CaseComparison]) -> list[dict[str, Any]]:
             for cc in ccs for c in cc.cells for i in c.items]
 
 
+def baseline_fields(ccs: Sequence[CaseComparison], outcomes: Mapping[str, Mapping[str, Any]],
+                    backends: Sequence[str]) -> dict[str, Any]:
+    """The part of report.json a baseline comparison reads: the flat items, the
+    versions and the machine (the per-case tables are for people, not for it)."""
+    return {"items": items(ccs), "versions": versions(ccs, outcomes, backends),
+            "machine": machine()}
+
+
 def report_data(ccs: Sequence[CaseComparison], backends: Sequence[str],
                 outcomes: Mapping[str, Mapping[str, Any]], *,
                 pythons: Mapping[str, str] | None = None, seconds: float | None = None,
                 code: int = 0, argv: Sequence[str] | None = None,
                 require_all: bool = False) -> dict[str, Any]:
     """Everything report.json holds."""
+    comparable = baseline_fields(ccs, outcomes, backends)
     return {
         "format": FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -181,8 +190,8 @@ def report_data(ccs: Sequence[CaseComparison], backends: Sequence[str],
         "exit_status": code,
         "require_all": require_all,
         "wall_time_s": seconds,
-        "machine": machine(),
-        "versions": versions(ccs, outcomes, backends),
+        "machine": comparable["machine"],
+        "versions": comparable["versions"],
         "backends": {b: {"python": (pythons or {}).get(b, ""),
                          "workers": {ph: o.to_dict() for ph, o in outcomes.get(b, {}).items()}}
                      for b in backends},
@@ -190,7 +199,7 @@ def report_data(ccs: Sequence[CaseComparison], backends: Sequence[str],
         "checks": CHECK_DOC,
         "running_stats_note": RUNNING_NOTE,
         "summary": summary(ccs),
-        "items": items(ccs),
+        "items": comparable["items"],
         "cells": [{k: v for k, v in c.to_dict().items() if k not in ("items", "detail")}
                   for cc in ccs for c in cc.cells],
         "cases": [_case_data(cc, backends) for cc in ccs],
