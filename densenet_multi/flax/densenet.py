@@ -50,6 +50,8 @@ __all__ = [
     "densenet201",
 ]
 
+# --8<-- [start:helpers]
+# --8<-- [start:norm_conv]
 # torchvision's conv initialisation, Kaiming normal (fan-in, gain sqrt(2)); jax's
 # he_normal is a *truncated* normal. build() replaces every initial value with the
 # canonical seeded weights; these are for the classes used directly.
@@ -101,6 +103,7 @@ def _conv(spec: DenseNetSpec, in_channels: int, out_channels: int, geometry: Con
         **_dtypes(dtype, param_dtype),
         rngs=rngs,
     )
+# --8<-- [end:norm_conv]
 
 
 class _Pool(nnx.Module):
@@ -122,8 +125,10 @@ class _Pool(nnx.Module):
 def _concat_unit(norm: nnx.BatchNorm, conv: nnx.Conv, features: Sequence[jax.Array]) -> jax.Array:
     """Concatenation -> BN -> ReLU -> first conv (the 1x1 bottleneck, or the plain 3x3)."""
     return conv(nnx.relu(norm(jnp.concatenate(list(features), axis=-1))))
+# --8<-- [end:helpers]
 
 
+# --8<-- [start:conv_block]
 class ConvBlock(nnx.Module):
     """BN -> ReLU -> conv: the pre-activation unit every DenseNet part is made of."""
 
@@ -136,8 +141,10 @@ class ConvBlock(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.conv(nnx.relu(self.norm(x)))
+# --8<-- [end:conv_block]
 
 
+# --8<-- [start:dense_layer]
 class DenseLayer(nnx.Module):
     """H_l: [BN-ReLU-1x1 conv (bottleneck, DenseNet-B)] -> BN-ReLU-3x3 conv -> dropout.
 
@@ -185,8 +192,10 @@ class DenseLayer(nnx.Module):
         if self.has_bottleneck:
             y = self.conv2(nnx.relu(self.norm2(y)))
         return self.dropout(y)
+# --8<-- [end:dense_layer]
 
 
+# --8<-- [start:dense_block]
 class DenseBlock(nnx.Module):
     """``num_layers`` dense layers on ``in_channels`` inputs (widths from
     ``spec.block_plan``); each sees the channel-wise concatenation of the block
@@ -211,8 +220,10 @@ class DenseBlock(nnx.Module):
         for name in self._order:
             features.append(getattr(self, name)(features))
         return jnp.concatenate(features, axis=-1)
+# --8<-- [end:dense_block]
 
 
+# --8<-- [start:transition]
 class Transition(ConvBlock):
     """BN -> ReLU -> 1x1 conv (compression to ``out_channels``) -> 2x2/2 average pool."""
 
@@ -225,8 +236,10 @@ class Transition(ConvBlock):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.pool(super().__call__(x))
+# --8<-- [end:transition]
 
 
+# --8<-- [start:network]
 class DenseNet(nnx.Module):
     """The network: stem, dense blocks with transitions, final BN-ReLU, global average
     pooling and a linear classifier, all read from ``spec``.
@@ -244,6 +257,7 @@ class DenseNet(nnx.Module):
         self.dtype, self.param_dtype = dtype, param_dtype  # the runtime computes in these
         dt = {"dtype": dtype, "param_dtype": param_dtype}
         plan = spec.channel_plan
+        # --8<-- [start:stem]
         parts: dict[str, Callable[[jax.Array], jax.Array]] = {
             "conv0": _conv(spec, spec.in_channels, plan.stem_channels, spec.stem_conv, **dt,
                            rngs=rngs)}
@@ -251,6 +265,7 @@ class DenseNet(nnx.Module):
             parts["norm0"] = _norm(spec, plan.stem_channels, **dt, rngs=rngs)
             parts["relu0"] = nnx.relu  # a function: static data of the dict, like torchvision's relu0
             parts["pool0"] = _Pool(nnx.max_pool, sp)
+        # --8<-- [end:stem]
         for bp in plan.blocks:
             parts[f"denseblock{bp.index}"] = DenseBlock(
                 spec, bp.in_channels, bp.num_layers, memory_efficient=memory_efficient, **dt,
@@ -259,6 +274,7 @@ class DenseNet(nnx.Module):
                 tp = plan.transitions[bp.index - 1]
                 parts[f"transition{tp.index}"] = Transition(spec, tp.in_channels, tp.out_channels,
                                                             **dt, rngs=rngs)
+        # --8<-- [start:head]
         parts["norm5"] = _norm(spec, plan.final_channels, **dt, rngs=rngs)
         self.features = nnx.Dict(parts)
         self._order = tuple(parts)  # nnx.Dict comes back sorted by name after a split
@@ -277,6 +293,7 @@ class DenseNet(nnx.Module):
         """Global average pooling (any spatial size, never a fixed 7x7) and the classifier."""
         x = jnp.mean(x, axis=(1, 2))
         return x if pre_logits else self.classifier(x)
+    # --8<-- [end:head]
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.forward_head(self.forward_features(x))
@@ -294,6 +311,7 @@ class DenseNet(nnx.Module):
         stages["pooled"] = x = self.forward_head(x, pre_logits=True)
         stages["logits"] = self.classifier(x)
         return stages
+# --8<-- [end:network]
 
 
 # ---------------------------------------------------------------------- constructors

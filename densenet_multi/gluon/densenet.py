@@ -53,6 +53,8 @@ __all__ = [
 ]
 
 
+# --8<-- [start:helpers]
+# --8<-- [start:norm_conv]
 def _norm(spec: DenseNetSpec, num_features: int) -> TwoPassBatchNorm:
     # Gluon's momentum is the weight of the OLD running value, the spec's (PyTorch's)
     # the weight of the new batch statistic: hence 1 - m. eps is always the spec's
@@ -72,6 +74,7 @@ def _conv(spec: DenseNetSpec, in_channels: int, out_channels: int,
         return nn.Conv2D(out_channels, geometry.kernel, strides=geometry.stride,
                          padding=geometry.padding, in_channels=in_channels,
                          use_bias=spec.conv_bias)
+# --8<-- [end:norm_conv]
 
 
 def _channel_concat(F, *maps):
@@ -86,8 +89,10 @@ def _channel_concat(F, *maps):
     """
     y = F.concat(*(F.expand_dims(m, axis=2) for m in maps), dim=1)
     return F.squeeze(y, axis=2)
+# --8<-- [end:helpers]
 
 
+# --8<-- [start:conv_block]
 class ConvBlock(gluon.HybridBlock):
     """BN -> ReLU -> conv: the pre-activation unit every DenseNet part is made of."""
 
@@ -100,8 +105,10 @@ class ConvBlock(gluon.HybridBlock):
 
     def hybrid_forward(self, F, x):
         return self.conv(F.relu(self.norm(x)))
+# --8<-- [end:conv_block]
 
 
+# --8<-- [start:dense_layer]
 class DenseLayer(gluon.HybridBlock):
     """H_l: [BN-ReLU-1x1 conv (bottleneck, DenseNet-B)] -> BN-ReLU-3x3 conv -> dropout.
 
@@ -147,8 +154,10 @@ class DenseLayer(gluon.HybridBlock):
         if self.drop_rate > 0:
             new = F.Dropout(new, p=self.drop_rate)  # identity unless autograd is training
         return new
+# --8<-- [end:dense_layer]
 
 
+# --8<-- [start:dense_block]
 class DenseBlock(gluon.HybridBlock):
     """``num_layers`` dense layers on ``in_channels`` inputs (widths from
     ``spec.block_plan``); each sees the channel-wise concatenation of the block
@@ -170,8 +179,10 @@ class DenseBlock(gluon.HybridBlock):
         for layer in self._children.values():  # denselayer1, ... in order
             maps.append(layer(*maps))
         return _channel_concat(F, *maps)
+# --8<-- [end:dense_block]
 
 
+# --8<-- [start:transition]
 class Transition(ConvBlock):
     """BN -> ReLU -> 1x1 conv (compression to ``out_channels``) -> 2x2/2 average pool."""
 
@@ -185,8 +196,10 @@ class Transition(ConvBlock):
 
     def hybrid_forward(self, F, x):
         return self.pool(super().hybrid_forward(F, x))
+# --8<-- [end:transition]
 
 
+# --8<-- [start:network]
 class DenseNet(gluon.HybridBlock):
     """The network: stem, dense blocks with transitions, final BN-ReLU, global average
     pooling and a linear classifier, all read from ``spec``.
@@ -204,6 +217,7 @@ class DenseNet(gluon.HybridBlock):
         self.spec = spec
         plan = spec.channel_plan
         with self.name_scope():
+            # --8<-- [start:stem]
             # A HybridSequential whose children are set as attributes: registered in
             # order under their canonical names (add() would number them 0, 1, ...).
             f = self.features = nn.HybridSequential()
@@ -217,6 +231,7 @@ class DenseNet(gluon.HybridBlock):
                     # MXNet's max-pool padding never wins a window (and the input
                     # follows a ReLU, so zero padding would be exact too).
                     f.pool0 = nn.MaxPool2D(sp.kernel, strides=sp.stride, padding=sp.padding)
+                # --8<-- [end:stem]
                 for bp in plan.blocks:
                     setattr(f, f"denseblock{bp.index}", DenseBlock(
                         spec, bp.in_channels, bp.num_layers, memory_efficient=memory_efficient))
@@ -224,6 +239,7 @@ class DenseNet(gluon.HybridBlock):
                         tp = plan.transitions[bp.index - 1]
                         setattr(f, f"transition{tp.index}",
                                 Transition(spec, tp.in_channels, tp.out_channels))
+                # --8<-- [start:head]
                 f.norm5 = _norm(spec, plan.final_channels)
             self.classifier = nn.Dense(spec.num_classes, in_units=plan.final_channels)
 
@@ -239,6 +255,7 @@ class DenseNet(gluon.HybridBlock):
         """Global average pooling (any spatial size, never a fixed 7x7) and the classifier."""
         x = x.mean(axis=(2, 3))
         return x if pre_logits else self.classifier(x)
+    # --8<-- [end:head]
 
     def hybrid_forward(self, F, x):
         return self.forward_head(self.forward_features(x))
@@ -260,6 +277,7 @@ class DenseNet(gluon.HybridBlock):
         stages["pooled"] = x = self.forward_head(x, pre_logits=True)
         stages["logits"] = self.classifier(x)
         return stages
+# --8<-- [end:network]
 
 
 # ---------------------------------------------------------------------- constructors

@@ -54,6 +54,8 @@ __all__ = [
 ]
 
 
+# --8<-- [start:helpers]
+# --8<-- [start:norm_conv]
 def _batch_norm(spec: DenseNetSpec, name: str, dtype: Any) -> layers.BatchNormalization:
     # Keras's momentum weighs the old running value, the spec's (PyTorch's 0.1) the
     # new batch statistic; epsilon is always passed (Keras's default is 1e-3, not 1e-5).
@@ -71,6 +73,7 @@ def _conv(spec: DenseNetSpec, filters: int, geometry: ConvGeometry, name: str,
     return layers.Conv2D(filters, g.kernel, strides=g.stride,
                          padding="same" if g.padding else "valid",
                          use_bias=spec.conv_bias, name=name, dtype=dtype)
+# --8<-- [end:norm_conv]
 
 
 def _recomputed_unit(norm: layers.BatchNormalization, conv: layers.Conv2D,
@@ -97,8 +100,10 @@ def _recomputed_unit(norm: layers.BatchNormalization, conv: layers.Conv2D,
         return conv(ops.relu(x))
 
     return keras.remat(unit)(mean, variance, *features)
+# --8<-- [end:helpers]
 
 
+# --8<-- [start:conv_block]
 class ConvBlock(layers.Layer):
     """BN -> ReLU -> conv: the pre-activation unit every DenseNet part is made of."""
 
@@ -113,8 +118,10 @@ class ConvBlock(layers.Layer):
     def call(self, x: Any, training: bool | None = None) -> Any:
         # ops.relu, not a ReLU child: no weights, nothing to name.
         return self.conv(ops.relu(self.norm(x, training=training)))
+# --8<-- [end:conv_block]
 
 
+# --8<-- [start:dense_layer]
 class DenseLayer(layers.Layer):
     """H_l: [BN-ReLU-1x1 conv (bottleneck, DenseNet-B)] -> BN-ReLU-3x3 conv -> dropout.
 
@@ -166,8 +173,10 @@ class DenseLayer(layers.Layer):
         if self.dropout is not None:
             y = self.dropout(y, training=training)
         return y
+# --8<-- [end:dense_layer]
 
 
+# --8<-- [start:dense_block]
 class DenseBlock(layers.Layer):
     """``num_layers`` dense layers on ``in_channels`` inputs (widths from
     ``spec.block_plan``); each sees the channel-wise concatenation of the block
@@ -191,8 +200,10 @@ class DenseBlock(layers.Layer):
         for layer in self.denselayers:
             features.append(layer(features, training=training))
         return ops.concatenate(features, axis=-1)
+# --8<-- [end:dense_block]
 
 
+# --8<-- [start:transition]
 class Transition(ConvBlock):
     """BN -> ReLU -> 1x1 conv (compression to ``out_channels``) -> 2x2/2 average pool."""
 
@@ -205,8 +216,10 @@ class Transition(ConvBlock):
 
     def call(self, x: Any, training: bool | None = None) -> Any:
         return self.pool(super().call(x, training=training))
+# --8<-- [end:transition]
 
 
+# --8<-- [start:network]
 @keras.saving.register_keras_serializable(package="densenet_multi")
 class DenseNet(keras.Model):
     """The network: stem, dense blocks with transitions, final BN-ReLU, global average
@@ -228,6 +241,7 @@ class DenseNet(keras.Model):
         self.spec = spec
         self.memory_efficient = memory_efficient
         plan, dtype, sc = spec.channel_plan, self.dtype_policy, spec.stem_conv
+        # --8<-- [start:stem]
         # Explicit symmetric zero padding + "valid": at stride 2 "same" pads (2, 3)
         # (PyTorch: (3, 3) for the 7x7 stem conv; (1, 1), not (0, 1), for the max-pool).
         features = [
@@ -245,6 +259,7 @@ class DenseNet(keras.Model):
                 layers.ZeroPadding2D(sp.pads, name="pool0_pad", dtype=dtype),
                 layers.MaxPooling2D(sp.kernel, strides=sp.stride, name="pool0", dtype=dtype),
             ]
+        # --8<-- [end:stem]
         for bp in plan.blocks:
             features.append(DenseBlock(spec, bp.in_channels, bp.num_layers,
                                        memory_efficient=memory_efficient,
@@ -253,6 +268,7 @@ class DenseNet(keras.Model):
                 tp = plan.transitions[bp.index - 1]
                 features.append(Transition(spec, tp.in_channels, tp.out_channels,
                                            name=f"transition{tp.index}", dtype=dtype))
+        # --8<-- [start:head]
         features.append(_batch_norm(spec, "norm5", dtype))
         self.features = features
         self.classifier = layers.Dense(spec.num_classes, name="classifier", dtype=dtype)
@@ -269,6 +285,7 @@ class DenseNet(keras.Model):
         """Global average pooling (any spatial size, never a fixed 7x7) and the classifier."""
         x = ops.mean(x, axis=(1, 2))
         return x if pre_logits else self.classifier(x)
+    # --8<-- [end:head]
 
     def call(self, x: Any, training: bool | None = None) -> Any:
         return self.forward_head(self.forward_features(x, training=training))
@@ -296,6 +313,7 @@ class DenseNet(keras.Model):
     def from_config(cls, config: dict[str, Any]) -> DenseNet:
         config = dict(config)
         return cls(DenseNetSpec.from_dict(config.pop("spec")), **config)
+# --8<-- [end:network]
 
 
 # ---------------------------------------------------------------------- constructors

@@ -49,6 +49,8 @@ __all__ = [
 ]
 
 
+# --8<-- [start:helpers]
+# --8<-- [start:norm_conv]
 def _norm(spec: DenseNetSpec, num_features: int) -> nn.BatchNorm2d:
     # The spec's momentum is already PyTorch's (the weight of the new batch
     # statistic), so it goes in unchanged; eps is always the spec's, never a default.
@@ -61,6 +63,7 @@ def _conv(spec: DenseNetSpec, in_channels: int, out_channels: int,
     # network at stride 2 (other frameworks pad such a layer asymmetrically).
     return nn.Conv2d(in_channels, out_channels, geometry.kernel, stride=geometry.stride,
                      padding=geometry.padding, bias=spec.conv_bias)
+# --8<-- [end:norm_conv]
 
 
 @contextlib.contextmanager
@@ -83,8 +86,10 @@ def _init_torchvision(module: nn.Module) -> None:
         nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
     elif isinstance(module, nn.Linear):
         nn.init.zeros_(module.bias)
+# --8<-- [end:helpers]
 
 
+# --8<-- [start:conv_block]
 class ConvBlock(nn.Module):
     """BN -> ReLU -> conv: the pre-activation unit every DenseNet part is made of."""
 
@@ -98,8 +103,10 @@ class ConvBlock(nn.Module):
         # F.relu, not an nn.ReLU child: out of place (a checkpoint recomputation or
         # a hook may still hold the BN output), and no parameters to name.
         return self.conv(F.relu(self.norm(x)))
+# --8<-- [end:conv_block]
 
 
+# --8<-- [start:dense_layer]
 class DenseLayer(nn.Module):
     """H_l: [BN-ReLU-1x1 conv (bottleneck, DenseNet-B)] -> BN-ReLU-3x3 conv -> dropout.
 
@@ -159,8 +166,10 @@ class DenseLayer(nn.Module):
         if self.drop_rate > 0:
             y = F.dropout(y, p=self.drop_rate, training=self.training)
         return y
+# --8<-- [end:dense_layer]
 
 
+# --8<-- [start:dense_block]
 class DenseBlock(nn.ModuleDict):
     """``num_layers`` dense layers on ``in_channels`` inputs (widths from
     ``spec.block_plan``); each sees the channel-wise concatenation of the block
@@ -184,8 +193,10 @@ class DenseBlock(nn.ModuleDict):
         for layer in self.values():
             features.append(layer(features))
         return torch.cat(features, dim=1)
+# --8<-- [end:dense_block]
 
 
+# --8<-- [start:transition]
 class Transition(ConvBlock):
     """BN -> ReLU -> 1x1 conv (compression to ``out_channels``) -> 2x2/2 average pool."""
 
@@ -196,8 +207,10 @@ class Transition(ConvBlock):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.pool(super().forward(x))
+# --8<-- [end:transition]
 
 
+# --8<-- [start:network]
 class DenseNet(nn.Module):
     """The network: stem, dense blocks with transitions, final BN-ReLU, global average
     pooling and a linear classifier, all read from ``spec``.
@@ -213,6 +226,7 @@ class DenseNet(nn.Module):
         super().__init__()
         self.spec = spec
         plan = spec.channel_plan
+        # --8<-- [start:stem]
         self.features = nn.Sequential()
         self.features.add_module("conv0", _conv(spec, spec.in_channels, plan.stem_channels,
                                                 spec.stem_conv))
@@ -222,6 +236,7 @@ class DenseNet(nn.Module):
             self.features.add_module("relu0", nn.ReLU())
             # PyTorch pads a max-pool with -inf, so padding never wins.
             self.features.add_module("pool0", nn.MaxPool2d(sp.kernel, sp.stride, sp.padding))
+        # --8<-- [end:stem]
         for bp in plan.blocks:
             self.features.add_module(f"denseblock{bp.index}", DenseBlock(
                 spec, bp.in_channels, bp.num_layers, memory_efficient=memory_efficient))
@@ -229,6 +244,7 @@ class DenseNet(nn.Module):
                 tp = plan.transitions[bp.index - 1]
                 self.features.add_module(f"transition{tp.index}",
                                          Transition(spec, tp.in_channels, tp.out_channels))
+        # --8<-- [start:head]
         self.features.add_module("norm5", _norm(spec, plan.final_channels))
         self.classifier = nn.Linear(plan.final_channels, spec.num_classes)
         self.apply(_init_torchvision)
@@ -243,6 +259,7 @@ class DenseNet(nn.Module):
         """Global average pooling (any spatial size, never a fixed 7x7) and the classifier."""
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         return x if pre_logits else self.classifier(x)
+    # --8<-- [end:head]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
@@ -260,6 +277,7 @@ class DenseNet(nn.Module):
         stages["pooled"] = x = self.forward_head(x, pre_logits=True)
         stages["logits"] = self.classifier(x)
         return stages
+# --8<-- [end:network]
 
 
 # ---------------------------------------------------------------------- constructors
