@@ -23,7 +23,7 @@ import keras
 from .. import layouts
 from ..data import add_training_arguments, dataset_from_args
 from ..spec import get_spec
-from .densenet import from_spec
+from .runtime import build
 
 __all__ = ["main", "parse_args"]
 
@@ -59,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     x_train, x_test = layouts.nchw_to_nhwc(data.x_train), layouts.nchw_to_nhwc(data.x_test)
     y_train, y_test = data.y_train, data.y_test
     spec = get_spec(args.preset, in_channels=x_train.shape[-1], num_classes=data.num_classes)
-    model = from_spec(spec)  # Keras's own initialisers, seeded by set_random_seed above
+    # the canonical seeded weights, as every backend's training entry point starts from
+    model = build(spec, seed=args.seed)
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=args.lr, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
