@@ -9,6 +9,11 @@ under ``--out`` (every file atomically):
 ``conventions``  each part's conventions, read from the models built in each
                  backend's environment (:mod:`.conventions`);
 ``pitfalls``     the porting pitfalls, each run through the parity harness (:mod:`.pitfalls`);
+``textbook``     the textbook's four tabs and the blogs' networks rebuilt and run through the
+                 harness, with their fix chains (:mod:`densenet_multi.textbook.report`);
+``exercises``    the chapter's exercises: tables and figures from the committed results of
+                 their documented runs, ``docs/exercises/*.json``
+                 (:mod:`densenet_multi.exercises.render`);
 ``notebooks``    the four notebooks executed in their backends' environments (reused when
                  the backend's tests already executed the same sources), rendered to
                  Markdown with their outputs, and their training curves overlaid.
@@ -34,7 +39,7 @@ from typing import Any
 from ..backend import BACKENDS
 from ..spec import get_spec
 
-STEPS = ("figures", "conventions", "pitfalls", "notebooks")
+STEPS = ("figures", "conventions", "pitfalls", "textbook", "exercises", "notebooks")
 ROOT = Path(__file__).resolve().parents[2]
 BASELINE = ROOT / "parity" / "baseline" / "report.json.gz"
 #: The float32 cases whose stages the parity figure shows.
@@ -149,6 +154,19 @@ def step_pitfalls(out: Path, jobs: int = 2) -> list[Path]:
     return [out / "pitfalls.md", out / "pitfalls.json"]
 
 
+def step_textbook(out: Path, jobs: int = 2) -> list[Path]:
+    from ..textbook import report
+
+    report.generate(out, jobs=jobs)
+    return [out / "textbook.md", out / "textbook.json", out / "figures" / "textbook_stages.png"]
+
+
+def step_exercises(out: Path) -> list[Path]:
+    from ..exercises import render
+
+    return list(render.generate(out))
+
+
 def render_notebook(ipynb: Path, md_path: Path) -> Path:
     """The executed notebook as a Markdown page with its outputs (images as files beside it)."""
     import nbformat
@@ -184,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for the generated pages (docs/generated)")
     p.add_argument("--only", default=",".join(STEPS),
                    help=f"comma-separated steps to run (default: all of {', '.join(STEPS)})")
-    p.add_argument("--jobs", type=int, default=2, help="parallel workers for the pitfalls' harness run")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="parallel workers of the harness runs (pitfalls, textbook)")
     args = p.parse_args(argv)
     steps = [s for s in args.only.split(",") if s]
     unknown = sorted(set(steps) - set(STEPS))
@@ -195,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "figures": lambda: step_figures(out),
         "conventions": lambda: step_conventions(out),
         "pitfalls": lambda: step_pitfalls(out, jobs=args.jobs),
+        "textbook": lambda: step_textbook(out, jobs=args.jobs),
+        "exercises": lambda: step_exercises(out),
         "notebooks": lambda: step_notebooks(out),
     }
     for step in steps:
