@@ -21,10 +21,11 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from .._files import write_text_atomic
 
 __all__ = ["EXERCISES", "write_json", "environment", "command_line"]
 
@@ -40,19 +41,7 @@ EXERCISES: tuple[tuple[str, str], ...] = (
 
 def write_json(data: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write ``data`` as indented JSON, atomically (a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=False)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a results file is for everyone to read
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_text_atomic(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
 def environment(modules: Sequence[str] = ()) -> dict[str, str]:

@@ -28,14 +28,13 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._files import write_text_atomic
 from ..backend import BACKENDS
 from ..spec import get_spec
 
@@ -44,20 +43,6 @@ ROOT = Path(__file__).resolve().parents[2]
 BASELINE = ROOT / "parity" / "baseline" / "report.json.gz"
 #: The float32 cases whose stages the parity figure shows.
 FIGURE_CASES = ("d2l", "densenet121")
-
-
-def write_text(path: Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def load_report(path: Path) -> dict[str, Any]:
@@ -137,7 +122,7 @@ def step_figures(out: Path, report_path: Path = BASELINE) -> list[Path]:
     made.append(figures.parity_by_stage(report, FIGURE_CASES, out / "figures" / "parity_stages.png",
                                         stage_names=stage_names))
     for backend in BACKENDS:
-        made.append(write_text(out / "parity" / f"{backend}.md", backend_error_table(report, backend)))
+        made.append(write_text_atomic(out / "parity" / f"{backend}.md", backend_error_table(report, backend)))
     return made
 
 
@@ -179,7 +164,7 @@ def render_notebook(ipynb: Path, md_path: Path) -> Path:
         target = md_path.parent / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-    return write_text(md_path, body)
+    return write_text_atomic(md_path, body)
 
 
 def step_notebooks(out: Path) -> list[Path]:

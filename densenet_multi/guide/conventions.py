@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .._files import write_text_atomic
 from ..backend import BACKENDS as BACKEND_TABLE
 from ..params import ModuleRef, ParamInfo, init_params, module_table
 from ..reference import batch_norm
@@ -371,16 +371,7 @@ def render(part: str, facts: Mapping[str, Mapping[str, Any]],
 
 
 def _write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_text_atomic(path, text)
 
 
 def generate(out_dir: Path, *, facts: Mapping[str, Mapping[str, Any]] | None = None,

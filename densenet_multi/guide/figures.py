@@ -8,12 +8,11 @@ imports a framework. :mod:`.build` calls them.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._files import atomic_path
 from ..spec import DenseNetSpec
 
 __all__ = ["channel_sawtooth", "parity_by_stage", "training_curves", "width_trace", "BACKEND_STYLE"]
@@ -37,19 +36,13 @@ def _plt() -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
     try:
-        # no timestamp in the file: the same data gives the same bytes
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            # no timestamp in the file: the same data gives the same bytes
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         _plt().close(fig)
-    return path
+    return Path(path)
 
 
 # ---------------------------------------------------------------------- channel growth

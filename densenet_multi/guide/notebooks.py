@@ -33,13 +33,13 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._files import write_text_atomic
 from ..backend import BACKENDS
 
 __all__ = ["SOURCE_ROOT", "SOURCES", "NotebookError", "NotebookReport", "fingerprint", "execute",
@@ -93,18 +93,7 @@ def fingerprint(backend: str) -> str:
 
 
 def _write_atomic(path: Path, data: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; these are shared outputs
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, data)
 
 
 def _kernel_env(backend: str) -> dict[str, str]:
