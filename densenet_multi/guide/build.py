@@ -10,7 +10,9 @@ under ``--out`` (every file atomically):
                  backend's environment (:mod:`.conventions`);
 ``pitfalls``     the porting pitfalls, each run through the parity harness (:mod:`.pitfalls`);
 ``textbook``     the textbook's four tabs and the blogs' networks rebuilt and run through the
-                 harness, with their fix chains (:mod:`densenet_multi.textbook.report`);
+                 harness with their fix chains: rendered from the committed full run,
+                 ``docs/textbook/textbook.json`` (:mod:`densenet_multi.textbook.report`;
+                 tests/parity/test_textbook.py re-runs a subset in the suite);
 ``exercises``    the chapter's exercises: tables and figures from the committed results of
                  their documented runs, ``docs/exercises/*.json``
                  (:mod:`densenet_multi.exercises.render`);
@@ -139,11 +141,10 @@ def step_pitfalls(out: Path, jobs: int = 2) -> list[Path]:
     return [out / "pitfalls.md", out / "pitfalls.json"]
 
 
-def step_textbook(out: Path, jobs: int = 2) -> list[Path]:
+def step_textbook(out: Path) -> list[Path]:
     from ..textbook import report
 
-    report.generate(out, jobs=jobs)
-    return [out / "textbook.md", out / "textbook.json", out / "figures" / "textbook_stages.png"]
+    return report.render_evidence(report.EVIDENCE, out)
 
 
 def step_exercises(out: Path) -> list[Path]:
@@ -188,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--only", default=",".join(STEPS),
                    help=f"comma-separated steps to run (default: all of {', '.join(STEPS)})")
     p.add_argument("--jobs", type=int, default=2,
-                   help="parallel workers of the harness runs (pitfalls, textbook)")
+                   help="parallel workers of the pitfalls' harness run")
     args = p.parse_args(argv)
     steps = [s for s in args.only.split(",") if s]
     unknown = sorted(set(steps) - set(STEPS))
@@ -199,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "figures": lambda: step_figures(out),
         "conventions": lambda: step_conventions(out),
         "pitfalls": lambda: step_pitfalls(out, jobs=args.jobs),
-        "textbook": lambda: step_textbook(out, jobs=args.jobs),
+        "textbook": lambda: step_textbook(out),
         "exercises": lambda: step_exercises(out),
         "notebooks": lambda: step_notebooks(out),
     }
