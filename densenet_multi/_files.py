@@ -38,3 +38,20 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def source_root() -> Path:
+    """The project checkout the guide, notebooks, exercises and textbook evidence live in.
+
+    Those files (``notebooks/``, ``docs/``, ``parity/``) are not part of the installed
+    wheel, so a tox env's installed copy of this package must find them in the checkout
+    it runs from: the nearest folder upward from the current directory holding
+    ``tox.ini`` and ``densenet_multi/`` (tox runs every command from there); failing
+    that, the folder above this package (a source checkout on ``PYTHONPATH``).
+    """
+    here = Path(__file__).resolve().parents[1]
+    for origin in (Path.cwd().resolve(), here):
+        for d in (origin, *origin.parents):
+            if (d / "tox.ini").is_file() and (d / "densenet_multi").is_dir():
+                return d
+    return here

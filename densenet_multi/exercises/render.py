@@ -24,12 +24,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._files import atomic_path, write_text_atomic
+from .._files import atomic_path, source_root, write_text_atomic
 from . import EXERCISES
 
 __all__ = ["ExerciseDataError", "SOURCE", "load", "generate", "tables", "answers", "figures"]
 
-SOURCE = Path(__file__).resolve().parents[2] / "docs" / "exercises"
+SOURCE = source_root() / "docs" / "exercises"
 NAMES = tuple(name for name, _ in EXERCISES)
 _ENV = {"pooling": "in the torch env", "resnet": "in any env",
         "memory": "in any env: it starts each backend's env itself", "table1": "in any env",

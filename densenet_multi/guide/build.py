@@ -36,12 +36,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._files import write_text_atomic
+from .._files import source_root, write_text_atomic
 from ..backend import BACKENDS
 from ..spec import get_spec
 
 STEPS = ("figures", "conventions", "pitfalls", "textbook", "exercises", "notebooks")
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = source_root()
 BASELINE = ROOT / "parity" / "baseline" / "report.json.gz"
 #: The float32 cases whose stages the parity figure shows.
 FIGURE_CASES = ("d2l", "densenet121")

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .._files import write_text_atomic
+from .._files import source_root, write_text_atomic
 from ..backend import BACKENDS as BACKEND_TABLE
 from ..params import ModuleRef, ParamInfo, init_params, module_table
 from ..reference import batch_norm
@@ -44,7 +44,7 @@ PARTS = ("conv_block", "dense_layer", "dense_block", "transition", "stem_and_hea
 BACKENDS = I.BACKENDS
 TITLES = {"torch": "PyTorch", "flax": "Flax NNX", "keras": "Keras 3", "gluon": "MXNet Gluon"}
 PACKAGES = {"torch": "torch", "flax": "flax", "keras": "keras", "gluon": "mxnet"}
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = source_root()
 #: seconds one backend's introspection may take (it takes 3 to 30 on two CPU cores)
 TIMEOUT_S = 600
 

@@ -39,14 +39,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._files import write_text_atomic
+from .._files import source_root, write_text_atomic
 from ..backend import BACKENDS
 
 __all__ = ["SOURCE_ROOT", "SOURCES", "NotebookError", "NotebookReport", "fingerprint", "execute",
            "ensure_executed", "read_report", "sync", "main"]
 
 #: the repository root: the folder holding ``densenet_multi/`` and ``notebooks/``
-SOURCE_ROOT = Path(__file__).resolve().parents[2]
+SOURCE_ROOT = source_root()
 #: backend -> its notebook's jupytext percent script (the source of truth)
 SOURCES: dict[str, Path] = {b: SOURCE_ROOT / "notebooks" / f"{b}_densenet.py" for b in BACKENDS}
 

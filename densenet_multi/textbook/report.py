@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._files import atomic_path, write_text_atomic
+from .._files import atomic_path, source_root, write_text_atomic
 from ..parity.cases import Case
 from ..parity.compare import CaseComparison, Cell, compare_run
 from ..parity.runner import BackendTarget, resolve_python, run_parity
@@ -394,7 +394,7 @@ def _versions(tr: TextbookRun) -> dict[str, str]:
 #: docs/textbook``): the evidence the guide's build renders, as parity/baseline is the
 #: main job's. The full run takes minutes per link group (about 14 minutes for the 45
 #: links on 2 cores); the test suite runs a subset of it (tests/parity/test_textbook.py).
-EVIDENCE = Path(__file__).resolve().parents[2] / "docs" / "textbook" / "textbook.json"
+EVIDENCE = source_root() / "docs" / "textbook" / "textbook.json"
 
 
 def generate(out_dir: Path, *, jobs: int = 2) -> dict[str, Any]:
