@@ -392,8 +392,8 @@ def _versions(tr: TextbookRun) -> dict[str, str]:
 
 #: The committed result of the full run (``python -m densenet_multi.textbook.report --out
 #: docs/textbook``): the evidence the guide's build renders, as parity/baseline is the
-#: main job's. The full run takes minutes per link group (about 14 minutes for the 45
-#: links on 2 cores); the test suite runs a subset of it (tests/parity/test_textbook.py).
+#: main job's. The full run takes minutes per link group (9 minutes for the 45 links on an
+#: idle 2-core machine, 14 under load); the test suite runs a subset of it (tests/parity/test_textbook.py).
 EVIDENCE = source_root() / "docs" / "textbook" / "textbook.json"
 
 
