@@ -24,7 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._files import atomic_path, source_root, write_text_atomic
+from .._files import source_root, write_text_atomic
+from ..guide.figures import pyplot, save_figure
 from . import EXERCISES
 
 __all__ = ["ExerciseDataError", "SOURCE", "load", "generate", "tables", "answers", "figures"]
@@ -430,29 +431,13 @@ def answer_mlp(d: Mapping[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------- figures
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> Path:
-    try:
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
-    finally:
-        _plt().close(fig)
-    return path
 
 
 _VARIANT_STYLE = {"avg": ("average pooling", "#1f77b4"), "max": ("max pooling", "#d62728")}
 
 
 def figure_pooling(d: Mapping[str, Any], path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for variant, runs in _by_variant(d).items():
         label, colour = _VARIANT_STYLE[variant]
@@ -468,11 +453,11 @@ def figure_pooling(d: Mapping[str, Any], path: Path) -> Path:
     axes[0].set_yscale("log")
     axes[2].legend(fontsize=8)
     fig.suptitle("d2l DenseNet on digits: transitions with average vs max pooling", y=1.03)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def figure_resnet(d: Mapping[str, Any], path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for fam, items, colour, marker in (("ResNet", d["resnets"], "#ff7f0e", "s"),
                                        ("DenseNet", d["densenets"], "#1f77b4", "o")):
@@ -490,13 +475,13 @@ def figure_resnet(d: Mapping[str, Any], path: Path) -> Path:
         ax.set_xlabel("depth (weighted layers)")
         ax.grid(alpha=0.3)
         ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def figure_memory(d: Mapping[str, Any], path: Path) -> Path:
     import numpy as np
 
-    plt = _plt()
+    plt = pyplot()
     ok = _ok_rows(d)
     backends = list(dict.fromkeys(r["backend"] for r in d["rows"]))
     fig, ax = plt.subplots(figsize=(8.5, 4))
@@ -518,13 +503,13 @@ def figure_memory(d: Mapping[str, Any], path: Path) -> Path:
     ax.set_title(f"{d['preset']}, {d['size']}x{d['size']}, batch {d['batch']}, one training step (CPU)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(handles=handles, fontsize=8, loc="upper left")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def figure_mlp(d: Mapping[str, Any], path: Path) -> Path:
     import numpy as np
 
-    plt = _plt()
+    plt = pyplot()
     configs = d["configs"]
     fig, axes = plt.subplots(1, len(configs), figsize=(4.3 * len(configs), 3.6), squeeze=False,
                              sharey=True)
@@ -543,7 +528,7 @@ def figure_mlp(d: Mapping[str, Any], path: Path) -> Path:
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("test MSE (mean ± sd over seeds)")
     axes[0][0].set_ylim(0.7 * ls, 2 * ls)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------- generate

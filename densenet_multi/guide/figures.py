@@ -15,7 +15,8 @@ from typing import Any
 from .._files import atomic_path
 from ..spec import DenseNetSpec
 
-__all__ = ["channel_sawtooth", "parity_by_stage", "training_curves", "width_trace", "BACKEND_STYLE"]
+__all__ = ["channel_sawtooth", "parity_by_stage", "pyplot", "save_figure", "training_curves",
+           "width_trace", "BACKEND_STYLE"]
 
 #: Label and colour of each backend, the same in every figure.
 BACKEND_STYLE: dict[str, tuple[str, str]] = {
@@ -26,7 +27,8 @@ BACKEND_STYLE: dict[str, tuple[str, str]] = {
 }
 
 
-def _plt() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend: the guide's figures go to files only."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
@@ -35,13 +37,14 @@ def _plt() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as a PNG, atomically, and close it."""
     try:
         with atomic_path(path, suffix=".png") as tmp:
             # no timestamp in the file: the same data gives the same bytes
             fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
     finally:
-        _plt().close(fig)
+        pyplot().close(fig)
     return Path(path)
 
 
@@ -65,7 +68,7 @@ def width_trace(spec: DenseNetSpec) -> tuple[list[int], list[str]]:
 
 def channel_sawtooth(specs: Sequence[DenseNetSpec], path: Path) -> Path:
     """Channels after every layer: each dense layer adds k, each transition cuts by theta."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(specs), figsize=(5.2 * len(specs), 3.4), squeeze=False)
     for ax, spec in zip(axes[0], specs, strict=True):
         widths, labels = width_trace(spec)
@@ -85,7 +88,7 @@ def channel_sawtooth(specs: Sequence[DenseNetSpec], path: Path) -> Path:
         ax.set_ylabel("channels")
         ax.grid(alpha=0.3)
     fig.suptitle("Channel growth: +k per dense layer, x theta at each transition", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------- parity by stage
@@ -95,7 +98,7 @@ def parity_by_stage(report: Mapping[str, Any], cases: Sequence[str], path: Path,
     """Each backend's error vs the float64 reference at every stage, log scale, with the
     tolerance as a line: one panel per (case, check). ``report`` is a parity
     report.json (``items`` with case/check/subject/name/error/tolerance/against)."""
-    plt = _plt()
+    plt = pyplot()
     items = [i for i in report["items"] if i.get("against") == "reference"
              and i.get("check") in checks and i.get("case") in cases]
     fig, axes = plt.subplots(len(cases), len(checks), figsize=(5.6 * len(checks), 3.1 * len(cases)),
@@ -129,13 +132,13 @@ def parity_by_stage(report: Mapping[str, Any], cases: Sequence[str], path: Path,
     fig.suptitle("Every backend against the float64 NumPy reference, stage by stage", fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------- training curves
 def training_curves(histories: Mapping[str, Mapping[str, Sequence[float]]], path: Path) -> Path:
     """The notebooks' training runs overlaid: loss, and train/test accuracy per epoch."""
-    plt = _plt()
+    plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.4))
     for backend, h in histories.items():
         label, colour = BACKEND_STYLE.get(backend, (backend, None))
@@ -150,4 +153,4 @@ def training_curves(histories: Mapping[str, Mapping[str, Sequence[float]]], path
     fig.suptitle("The d2l network on scikit-learn's digits, the same seeded weights in four "
                  "frameworks", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

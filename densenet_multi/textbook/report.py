@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._files import atomic_path, source_root, write_text_atomic
+from .._files import source_root, write_text_atomic
+from ..guide.figures import pyplot, save_figure
 from ..parity.cases import Case
 from ..parity.compare import CaseComparison, Cell, compare_run
 from ..parity.runner import BackendTarget, resolve_python, run_parity
@@ -298,13 +299,6 @@ def command(tr: TextbookRun, case_file: str | Path) -> str:
 
 
 # ---------------------------------------------------------------------- the figure
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _tab_series(table_rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -333,7 +327,7 @@ def stages_figure(table_rows: Sequence[dict[str, Any]], stage_names: Sequence[st
     first link of its chain that runs), solid, then each later link of its chain that
     changes the eval errors, dashed. An error of exactly 0 is drawn at
     :data:`ZERO_FLOOR` as an open circle."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9.0, 4.6))
     xs = list(range(len(stage_names)))
     colours = ("#ee4c2c", "#2a9d8f", "#4a90d9", "#7b2cbf", "#555555")
@@ -367,16 +361,7 @@ def stages_figure(table_rows: Sequence[dict[str, Any]], stage_names: Sequence[st
     ax.set_title("The d2l tabs against the canonical network, eval mode, by stage")
     ax.grid(True, which="major", axis="y", alpha=0.3)
     ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save(fig, path)
-
-
-def _save(fig: Any, path: Path) -> Path:
-    try:
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
-    finally:
-        _plt().close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------- generate
