@@ -1,10 +1,15 @@
-"""``densenet-multi``: info | init | parity | train.
+"""``densenet-multi``: info | init | parity | train | convert | export | bench.
 
 * ``info PRESET [--input-size H W]``: channel plan, per-stage shapes, parameter
   count and multiply-accumulates, as tables.
 * ``init PRESET OUT.safetensors --seed N``: a seeded canonical checkpoint.
 * ``parity ...``: the cross-framework parity report (see ``densenet_multi.parity``).
 * ``train --backend B ...``: the digits / Fashion-MNIST training entry point of one backend.
+* ``convert SRC DST ...``: any framework's DenseNet file to any other's, verified
+  (see ``densenet_multi.convert``).
+* ``export --format onnx SRC OUT.onnx``: an ONNX graph through a framework's own
+  exporter (see ``densenet_multi.export``).
+* ``bench ...``: throughput and memory against the official nets (see ``densenet_multi.bench``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,15 @@ def _spec_from_args(args: argparse.Namespace) -> DenseNetSpec:
         if v is not None:
             changes[f] = v
     return get_spec(args.preset, **changes)
+
+
+#: Subcommands whose module's ``main(argv) -> int`` gets the rest of the command line.
+SUBCOMMANDS = {
+    "parity": ".parity.cli",
+    "convert": ".convert.cli",
+    "export": ".export.cli",
+    "bench": ".bench.cli",
+}
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -90,10 +104,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Subcommands implemented elsewhere get the rest of the command line.
-    if argv and argv[0] == "parity":
-        from .parity.cli import main as parity_main
-
-        return parity_main(argv[1:])
+    if argv and argv[0] in SUBCOMMANDS:
+        mod = importlib.import_module(SUBCOMMANDS[argv[0]], __package__)
+        return int(mod.main(argv[1:]) or 0)
     if argv and argv[0] == "train":
         return _train(argv[1:])
 
@@ -122,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sp.set_defaults(fn=cmd_init)
 
     sub.add_parser("parity", help="cross-framework parity report (see: parity --help)")
+    sub.add_parser("convert", help="convert a DenseNet file between frameworks, verified "
+                                   "(see: convert --help)")
+    sub.add_parser("export", help="export to ONNX through a framework's exporter (see: export --help)")
+    sub.add_parser("bench", help="throughput and memory vs the official nets (see: bench --help)")
     sub.add_parser("train", help="train a backend on digits / Fashion-MNIST (see: train --help)")
 
     args = p.parse_args(argv)
