@@ -4,13 +4,15 @@ memory-efficient mode save? Measured per backend.
 Each configuration (backend x mode) runs in a fresh subprocess, started with
 that backend's environment's interpreter (``parity.runner.resolve_python``) and
 environment (``parity.runner.worker_env``), so that nothing one framework
-allocated is counted against another. The subprocess (``--probe``) makes the
-input batch, imports the backend, builds the network with the canonical
-weights (``build(spec)`` or ``build(spec, memory_efficient=True)``) and takes
-one training step through the backend contract (``train_steps``: forward,
-backward, SGD update). It reports the process's peak resident set size
+allocated is counted against another. The subprocess is the benchmark's
+memory probe (``python -m densenet_multi.bench.probe --what memory``, run by
+``bench.harness.run_probe``: one implementation for both): it makes the input
+batch, imports the framework, builds the network with the canonical weights
+(``build(spec)`` or ``build(spec, memory_efficient=True)``) and takes the
+framework's idiomatic training step (forward, backward, SGD-with-momentum
+update) twice. It reports the process's peak resident set size
 (``getrusage(RUSAGE_SELF).ru_maxrss``) after the import, after the build and
-after the step; the step's own cost is the last minus the build.
+after the steps; the step's own cost is the last minus the build.
 
 This is host memory on the CPU (the chapter asks about GPU memory; the
 allocation pattern, stored activations, is the same). The documented run,
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -31,93 +32,57 @@ from pathlib import Path
 from typing import Any
 
 from ..backend import BACKENDS
+from ..bench.probe import Config, peak_rss_mib
 from . import command_line, environment, write_json
 
 __all__ = ["MODES", "FULL", "peak_rss_mib", "probe", "measure", "run", "merge", "main"]
 
 MODES = ("default", "memory_efficient")
 FULL = {"preset": "densenet121", "size": 224, "batch": 16, "backends": tuple(BACKENDS)}
-_MARK = "EXERCISE-MEMORY "
-_FRAMEWORK_MODULES = {"torch": ["torch"], "flax": ["jax", "flax"], "keras": ["keras", "tensorflow"],
-                      "gluon": ["mxnet"]}
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident set size so far, in MiB (Linux and macOS)."""
-    import resource
+def _config(backend: str, preset: str, size: int, batch: int, memory_efficient: bool) -> Config:
+    # the benchmark's memory probe: the first training step, then one more (steps=1)
+    return Config(backend, preset=preset, size=size, batch=batch, what="memory",
+                  memory_efficient=memory_efficient, steps=1, warmup=0)
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports KiB, macOS bytes
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+def _row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The exercise's row from a benchmark probe record (``densenet_multi.bench.probe``)."""
+    keep = ("backend", "memory_efficient", "rss_start_mib", "rss_import_mib", "rss_build_mib",
+            "build_seconds", "rss_peak_mib", "step_mib", "loss", "versions")
+    return {**{k: record[k] for k in keep}, "step_seconds": record["first_step_seconds"]}
 
 
 def probe(backend: str, preset: str, size: int, batch: int, memory_efficient: bool) -> dict[str, Any]:
-    """One configuration, in this process (run it in a fresh one): peak RSS after the
-    input batch, after importing the backend, after the build and after one step."""
-    import numpy as np
+    """One configuration, in this process (run it in a fresh one): the benchmark's memory
+    probe (:func:`densenet_multi.bench.probe.measure`), peak RSS after the input batch,
+    after importing the backend, after the build and after the training steps."""
+    from ..bench.probe import measure as bench_measure
 
-    from ..backend import SGD_DEFAULTS, load_backend
-    from ..spec import get_spec
-
-    spec = get_spec(preset)
-    rng = np.random.Generator(np.random.PCG64(0))
-    x = rng.standard_normal((batch, spec.in_channels, size, size)).astype(np.float32)
-    labels = rng.integers(0, spec.num_classes, size=batch)
-    out: dict[str, Any] = {"backend": backend, "memory_efficient": memory_efficient,
-                           "rss_start_mib": round(peak_rss_mib(), 1)}
-    t0 = time.perf_counter()
-    mod = load_backend(backend)
-    out["rss_import_mib"] = round(peak_rss_mib(), 1)
-    model = mod.build(spec, seed=0, memory_efficient=memory_efficient)
-    out["rss_build_mib"] = round(peak_rss_mib(), 1)
-    out["build_seconds"] = round(time.perf_counter() - t0, 2)
-    t1 = time.perf_counter()
-    (loss,) = mod.train_steps(model, [(x, labels)], **SGD_DEFAULTS)
-    out["step_seconds"] = round(time.perf_counter() - t1, 2)
-    out["rss_peak_mib"] = round(peak_rss_mib(), 1)
-    out["step_mib"] = round(out["rss_peak_mib"] - out["rss_build_mib"], 1)
-    out["loss"] = float(loss)
-    out["versions"] = environment(_FRAMEWORK_MODULES.get(backend, []) + ["numpy"])
-    return out
+    return _row(bench_measure(_config(backend, preset, size, batch, memory_efficient)))
 
 
 def measure(backend: str, *, preset: str, size: int, batch: int, memory_efficient: bool,
             python: str | None = None, threads: int = 2, timeout: float = 600.0,
             root: Path | None = None) -> dict[str, Any]:
-    """Run :func:`probe` in a fresh subprocess of ``backend``'s environment; its result,
-    or ``{"status": "failed", "reason": ...}`` with the log's tail."""
-    from ..parity.runner import find_project_root, resolve_python, worker_env
+    """Run :func:`probe` in a fresh subprocess of ``backend``'s environment (the benchmark's
+    runner, :func:`densenet_multi.bench.harness.run_probe`); its result, or
+    ``{"status": "failed", "reason": ...}`` with the log's tail."""
+    from ..bench.harness import probe_env, run_probe
+    from ..parity.runner import find_project_root, resolve_python
 
     root = root or find_project_root()
-    where = "--python"
     if python is None:
-        python, where = resolve_python(backend, root=root)
-    base = {"backend": backend, "memory_efficient": memory_efficient}
-    if not python or not Path(python).exists():
-        return {**base, "status": "failed",
-                "reason": f"no interpreter for {backend} ({where}: {python or 'not found'})"}
-    env = worker_env(backend, ["cpu"], False, root)
-    n = str(threads)
-    env.update({"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n,
-                "TF_NUM_INTRAOP_THREADS": n, "TF_NUM_INTEROP_THREADS": "1",
-                "MXNET_CPU_WORKER_NTHREADS": n, "CUDA_VISIBLE_DEVICES": ""})
-    cmd = [python, "-m", "densenet_multi.exercises.memory", "--probe", backend, "--preset", preset,
-           "--size", str(size), "--batch", str(batch)]
-    if memory_efficient:
-        cmd.append("--memory-efficient")
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                              cwd=root)
-    except subprocess.TimeoutExpired:
-        return {**base, "status": "failed", "reason": f"timed out after {timeout:.0f} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_MARK)]
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        return {**base, "status": "failed",
-                "reason": f"probe exited with {proc.returncode}:\n{tail}"}
-    result = json.loads(lines[-1][len(_MARK):])
-    return {**result, "status": "ok", "seconds": round(time.perf_counter() - t0, 1)}
+        python, _ = resolve_python(backend, root=root)
+    cfg = _config(backend, preset, size, batch, memory_efficient)
+    record = run_probe(cfg, python=python, env=probe_env(backend, threads, root), cwd=root,
+                       timeout=timeout)
+    if record["status"] != "ok":
+        reason = record["reason"] + (f"\n{record['log_tail']}" if record.get("log_tail") else "")
+        return {"backend": backend, "memory_efficient": memory_efficient, "status": "failed",
+                "reason": reason}
+    return {**_row(record), "status": "ok", "seconds": record["seconds"]}
 
 
 def run(*, backends: Sequence[str], preset: str, size: int, batch: int, threads: int = 2,
@@ -177,13 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=FULL["size"])
     p.add_argument("--batch", type=int, default=FULL["batch"])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--probe", choices=sorted(BACKENDS), help=argparse.SUPPRESS)
-    p.add_argument("--memory-efficient", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.probe:
-        result = probe(args.probe, args.preset, args.size, args.batch, args.memory_efficient)
-        print(_MARK + json.dumps(result), flush=True)
-        return 0
     if args.out is None:
         p.error("--out is required")
     result = run(backends=args.backends, preset=args.preset, size=args.size, batch=args.batch,

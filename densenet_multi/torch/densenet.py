@@ -67,14 +67,15 @@ def _conv(spec: DenseNetSpec, in_channels: int, out_channels: int,
 
 
 @contextlib.contextmanager
-def _running_stats_kept(norm: nn.BatchNorm2d) -> Iterator[None]:
-    """Put ``norm``'s running statistics back as they were before the block."""
-    saved = [b.clone() for b in norm.buffers()]
+def _running_stats_kept(*norms: nn.BatchNorm2d) -> Iterator[None]:
+    """Put the ``norms``' running statistics back as they were before the block."""
+    buffers = [b for norm in norms for b in norm.buffers()]
+    saved = [b.clone() for b in buffers]
     try:
         yield
     finally:
         with torch.no_grad():
-            for b, s in zip(norm.buffers(), saved, strict=True):
+            for b, s in zip(buffers, saved, strict=True):
                 b.copy_(s)
 
 
@@ -113,8 +114,8 @@ class DenseLayer(nn.Module):
     Called on the block input and every earlier layer's output (a list, or one
     tensor), it returns only the ``growth_rate`` new maps.
 
-    With ``memory_efficient`` the concatenation and the *first* BN-ReLU-conv are
-    recomputed in the backward pass instead of stored.
+    With ``memory_efficient`` the concatenation and the *first* BN-ReLU-conv (with a
+    bottleneck: and the second BN-ReLU) are recomputed in the backward pass instead of stored.
     """
 
     def __init__(self, spec: DenseNetSpec, in_channels: int, *,
@@ -143,26 +144,34 @@ class DenseLayer(nn.Module):
             return self.conv1(F.relu(self.norm1(x)))
         return self.conv(F.relu(self.norm(x)))
 
+    def _recomputed(self, *features: Tensor) -> Tensor:
+        """The part ``memory_efficient`` recomputes: the first unit and, with a bottleneck,
+        the second BN-ReLU, up to the 3x3 conv's input (the one tensor stored for it)."""
+        y = self._first_unit(*features)
+        return F.relu(self.norm2(y)) if self.has_bottleneck else y
+
     def forward(self, features: Tensor | Sequence[Tensor]) -> Tensor:
         # A list, so that the concatenation happens inside the checkpointed part.
         features = [features] if isinstance(features, Tensor) else list(features)
         if self.memory_efficient and any(f.requires_grad for f in features):
-            # Only concat + the first BN-ReLU-conv is recomputed: layer l's input
-            # has k0 + l*k channels, so storing it for every layer costs memory
-            # quadratic in the block depth, while the rest grows linearly
-            # (gpleiss/efficient_densenet_pytorch). Only when an input needs a
-            # gradient: inference has nothing to save. The recomputation runs the
-            # first BN in train mode a second time, which would update its running
-            # statistics twice, so the recompute context (context_fn, which needs
-            # use_reentrant=False) puts them back.
-            first = self.norm1 if self.has_bottleneck else self.norm
-            y = cp.checkpoint(self._first_unit, *features, use_reentrant=False,
+            # Recomputed in the backward pass instead of stored: the concatenation (layer
+            # l's input has k0 + l*k channels, so storing it, and its BN-ReLU, for every
+            # layer costs memory quadratic in the block depth; gpleiss/efficient_densenet_pytorch)
+            # and, with a bottleneck, everything up to the 3x3 conv's input, so that per
+            # layer only that input (4k channels) and the k new maps are kept: the
+            # bottleneck output and its BN-ReLU are not stored twice. The elementwise
+            # BN-ReLU costs little to redo. Only when an input needs a gradient: inference
+            # has nothing to save. The recomputation runs the BNs in train mode a second
+            # time, which would update their running statistics twice, so the recompute
+            # context (context_fn, which needs use_reentrant=False) puts them back.
+            norms = (self.norm1, self.norm2) if self.has_bottleneck else (self.norm,)
+            y = cp.checkpoint(self._recomputed, *features, use_reentrant=False,
                               context_fn=lambda: (contextlib.nullcontext(),
-                                                  _running_stats_kept(first)))
+                                                  _running_stats_kept(*norms)))
         else:
-            y = self._first_unit(*features)
+            y = self._recomputed(*features)
         if self.has_bottleneck:
-            y = self.conv2(F.relu(self.norm2(y)))
+            y = self.conv2(y)
         if self.drop_rate > 0:
             y = F.dropout(y, p=self.drop_rate, training=self.training)
         return y
