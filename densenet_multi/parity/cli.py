@@ -7,6 +7,8 @@ Examples::
     densenet-multi parity --device cuda                 # also GPU vs CPU (torch, flax)
     densenet-multi parity --python torch=/opt/venv/bin/python --require-all
     densenet-multi parity --baseline parity/baseline/report.json.gz   # the default, when present
+    densenet-multi parity --onnx --cases d2l,densenet121 --checks shapes,eval   # + exported graphs
+    densenet-multi parity --checks data-parallel --backends torch   # 2-replica training (own options)
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", default=",".join(BACKENDS),
                    help="comma-separated backends (default: all four); NAME=module:attr or "
                         "NAME=file.py:attr runs any module offering the backend contract")
+    p.add_argument("--onnx", action="store_true",
+                   help="also run each of the four backends' exported ONNX graph in onnxruntime "
+                        "(onnx-torch, ...; inference only: use with --checks shapes,eval; "
+                        "see docs/onnx.md)")
     p.add_argument("--cases", default="", help="comma-separated shipped cases (default: all)")
     p.add_argument("--case-file", help="JSON file with a list of cases (see docs/parity.md)")
     p.add_argument("--checks", default="", help=f"comma-separated subset of {','.join(CHECKS)}")
@@ -137,10 +143,26 @@ def _against_baseline(baseline: dict | None, report: dict, cases: list, backends
                                  checks={k for c in cases for k in c.checks}, backends=backends)
 
 
+def _without_data_parallel(argv: list[str]) -> list[str] | None:
+    """``argv`` less ``--checks data-parallel`` when that is the check asked for, else None."""
+    for i, a in enumerate(argv):
+        if a == "--checks=data-parallel":
+            return argv[:i] + argv[i + 1:]
+        if a == "--checks" and argv[i + 1:i + 2] == ["data-parallel"]:
+            return argv[:i] + argv[i + 2:]
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
 
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest = _without_data_parallel(argv)
+    if rest is not None:  # `--checks data-parallel`: its own runner and options
+        from . import data_parallel
+
+        return data_parallel.main(rest)
+    args = build_parser().parse_args(argv)
     console = Console()
     if args.list:
         for c in DEFAULT_CASES:
@@ -148,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         cases = _cases(args)
-        backends = parse_backends([args.backends])
+        backends = parse_backends([args.backends] + (
+            [f"onnx-{b}" for b in args.backends.split(",") if b in BACKENDS] if args.onnx else []))
         pythons = parse_pythons(args.python)
         baseline_path = _baseline_path(args)
         # a broken baseline is a usage error, found before any work

@@ -12,7 +12,8 @@ Which interpreter runs backend ``B`` (first match wins):
 
 1. ``--python B=/path/to/python`` (``pythons`` argument);
 2. the environment variable ``DENSENET_MULTI_PYTHON_<B>`` (upper case);
-3. ``<project root>/.tox/<env>/bin/python`` with ``env`` from ``backend.BACKENDS``,
+3. ``<project root>/.tox/<env>/bin/python`` with ``env`` from ``backend.BACKENDS``
+   (for ``onnx-B``, an exported graph in onnxruntime, B's env: :func:`env_backend`),
    the project root being the folder holding ``tox.ini``, searched upward from
    the current directory, then from this package;
 4. for a backend that is not one of the four (the tests' fakes): ``sys.executable``.
@@ -66,6 +67,8 @@ COMMON_ENV = {
     "TF_ENABLE_ONEDNN_OPTS": "0",
 }
 DEFAULT_TIMEOUT_S = 1800.0
+#: The module whose attribute ``B`` runs backend B's exported ONNX graph (``onnx-B``).
+ONNX_TARGETS = "densenet_multi.export.ort_backend"
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,13 @@ def find_project_root(start: Path | None = None) -> Path | None:
     return None
 
 
+def env_backend(name: str) -> str:
+    """The backend whose environment runs ``name``: ``B`` for ``onnx-B`` (B's exported graph
+    in onnxruntime, :mod:`densenet_multi.export.ort_backend`), else ``name`` itself."""
+    base = name.removeprefix("onnx-")
+    return base if base != name and base in BACKENDS else name
+
+
 def resolve_python(name: str, overrides: Mapping[str, str] | None = None,
                    root: Path | None = None) -> tuple[str, str]:
     """(interpreter path, where it came from) for backend ``name``; the path may not exist."""
@@ -125,9 +135,9 @@ def resolve_python(name: str, overrides: Mapping[str, str] | None = None,
     var = f"DENSENET_MULTI_PYTHON_{name.upper().replace('-', '_')}"
     if os.environ.get(var):
         return os.environ[var], var
-    if name in BACKENDS:
+    if env_backend(name) in BACKENDS:
         root = root or find_project_root()
-        env = BACKENDS[name][2]
+        env = BACKENDS[env_backend(name)][2]
         if root is None:
             return "", f"no tox.ini found upward from {Path.cwd()} or {PACKAGE_ROOT}"
         bindir = "Scripts" if os.name == "nt" else "bin"
@@ -137,14 +147,16 @@ def resolve_python(name: str, overrides: Mapping[str, str] | None = None,
 
 
 def parse_backends(items: Sequence[str]) -> list[BackendTarget]:
-    """``["torch", "fake=tests/parity/fake_backends.py:same_padding"]`` -> targets."""
+    """``["torch", "onnx-torch", "fake=tests/parity/fake_backends.py:same_padding"]`` -> targets."""
     out = []
     for item in items:
         for part in [p for p in item.split(",") if p]:
             name, eq, target = part.partition("=")
-            if not eq and name not in BACKENDS:
+            if not eq and env_backend(name) != name:  # onnx-B: B's exported graph in onnxruntime
+                target = f"{ONNX_TARGETS}:{env_backend(name)}"
+            elif not eq and name not in BACKENDS:
                 raise ValueError(f"unknown backend {name!r}; known: {sorted(BACKENDS)}, "
-                                 "or name=module:attr")
+                                 "onnx-<backend> (its exported graph), or name=module:attr")
             out.append(BackendTarget(name, target or None))
     if not out:
         raise ValueError("no backend given: a run of no backend would compare nothing")
@@ -187,7 +199,7 @@ def worker_env(name: str, devices: Sequence[str], allow_tf32: bool,
                root: Path | None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(COMMON_ENV)
-    env.update(BACKEND_ENV.get(name, {}))
+    env.update(BACKEND_ENV.get(env_backend(name), {}))
     # Make this densenet_multi (a source checkout: the working tree) win over
     # the copy installed in the backend's environment. An installed package's
     # site-packages is never put on another interpreter's path.
@@ -258,7 +270,7 @@ def _worker_command(backend: BackendTarget, python: str, run: RunFolder, case_di
 
 
 def _no_interpreter(backend: BackendTarget, python: str, out: WorkerOutcome) -> WorkerOutcome:
-    env = BACKENDS.get(backend.name, ("", "", backend.name))[2]
+    env = BACKENDS.get(env_backend(backend.name), ("", "", backend.name))[2]
     out.status = "missing"
     out.reason = (f"no interpreter at {python or '(none)'}: build the env with "
                   f"`tox -e {env} --notest`, or pass --python {backend.name}=PATH "
@@ -308,12 +320,17 @@ def run_worker(
     if not python or not Path(python).exists():
         return _no_interpreter(backend, python, out)
     cmd = _worker_command(backend, python, run, case_dirs, phase, devices, sources, allow_tf32)
+    env = worker_env(backend.name, devices, allow_tf32, root)
+    if backend.name == "flax" and root is not None:
+        # JAX's persistent compilation cache, beside the runs: most of the Flax worker's
+        # time is XLA compiling the networks, the same programs in every run (the cache
+        # is keyed on the program, the jax/XLA versions and the flags).
+        env.setdefault("JAX_COMPILATION_CACHE_DIR", str(root / "parity" / "runs" / ".jax-cache"))
     t0 = time.perf_counter()
     with open(log, "w") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, cwd=str(root or Path.cwd()),
-                                env=worker_env(backend.name, devices, allow_tf32, root),
-                                start_new_session=True)
+                                env=env, start_new_session=True)
         timed_out = _wait(proc, _EventReader(run.worker_events(backend.name, phase), out,
                                              on_event), timeout)
     out.seconds = round(time.perf_counter() - t0, 2)

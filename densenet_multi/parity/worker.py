@@ -49,7 +49,7 @@ from .runfolder import EXIT_MISSING, CaseFolder, RunFolder, key
 __all__ = ["load_target", "main"]
 
 #: Frameworks whose version the worker records, if the backend imported them.
-FRAMEWORKS = ("torch", "jax", "flax", "optax", "tensorflow", "keras", "mxnet")
+FRAMEWORKS = ("torch", "jax", "flax", "optax", "tensorflow", "keras", "mxnet", "onnx", "onnxruntime")
 
 
 class _Contract:
@@ -203,8 +203,10 @@ class _CaseRun:
 
     def shapes(self) -> None:
         # The model as built, not loaded: a wrong width shows up here as a shape,
-        # not as a load_canonical error.
-        out = self.be.run(self.build(), self.inputs["x"], train=False)
+        # not as a load_canonical error. The later checks load the case's weights into
+        # this same model (one build per case, not two: seconds for the big nets).
+        self._model = self.build()
+        out = self.be.run(self._model, self.inputs["x"], train=False)
         shapes = {k: list(np.shape(v)) for k, v in out.stages.items()}
         shapes["@logits"] = list(np.shape(out.logits))
         self.report["shapes"] = shapes
