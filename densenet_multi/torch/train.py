@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..data import Dataset, EpochResult, add_training_arguments, dataset_from_args, epoch_progress
+from ..distributed import fit_data_parallel
 from ..spec import get_spec
 from .densenet import DenseNet
 from .runtime import build, save_checkpoint
@@ -115,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
                    help="learning-rate schedule over the epochs (default cosine)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--devices", type=int, default=1, metavar="N",
+                   help="data-parallel replicas: DDP over N processes (gloo on CPU), "
+                        "synchronised BatchNorm, constant lr (docs/guide/data-parallel.md)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads(N) (1 is fastest on a busy shared CPU)")
     p.add_argument("--save", metavar="CKPT", help="write a canonical .safetensors checkpoint")
@@ -136,9 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{spec.describe()} | {len(data.x_train)} train / {len(data.x_test)} test images of "
           f"{data.x_train.shape[2]}x{data.x_train.shape[3]} | device {args.device}")
     t0 = time.perf_counter()
-    history = fit(model, data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                  momentum=args.momentum, schedule=args.schedule, seed=args.seed,
-                  device=args.device, show_progress=not args.no_progress)
+    if args.devices > 1:
+        history = fit_data_parallel("torch", model, data, epochs=args.epochs,
+                                    batch_size=args.batch_size, lr=args.lr,
+                                    momentum=args.momentum, devices=args.devices, seed=args.seed)
+    else:
+        history = fit(model, data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      momentum=args.momentum, schedule=args.schedule, seed=args.seed,
+                      device=args.device, show_progress=not args.no_progress)
     final = history[-1]
     print(f"final test accuracy {final.test_acc:.4f} after {args.epochs} epochs "
           f"in {time.perf_counter() - t0:.1f} s")
