@@ -77,18 +77,43 @@ def _conv(spec: DenseNetSpec, in_channels: int, out_channels: int,
 # --8<-- [end:norm_conv]
 
 
-def _channel_concat(F, *maps):
-    """``concat(maps)`` along the channels of NCHW arrays.
+#: oneDNN keeps a blocked layout's channels in groups of 8 (AVX2) or 16 (AVX-512)
+_ONEDNN_CHANNEL_BLOCK = 16
 
-    Concatenated as 5-d arrays (a length-1 axis inserted and removed again):
-    MXNet 1.9.1's oneDNN concat, used for 2-d and 4-d float32 arrays, fails in
-    the *backward* pass of some hybridized graphs ("could not construct a
-    sub-memory", e.g. densenet40_k12 in train mode) when a channel offset is not
-    a multiple of its blocked layout. A 5-d concat takes MXNet's plain
-    implementation; the values are the same copy either way.
+
+def _block_aligned(spec: DenseNetSpec, in_channels: int) -> bool:
+    """Whether every map a dense block concatenates (its input, then ``growth_rate``
+    new maps per layer) starts at a channel offset that is a multiple of oneDNN's
+    channel block, given the input width of the block or of one of its layers."""
+    return in_channels % _ONEDNN_CHANNEL_BLOCK == 0 and spec.growth_rate % _ONEDNN_CHANNEL_BLOCK == 0
+
+
+def _channel_concat(F, *maps, aligned: bool):
+    """``concat(maps)`` along the channels of NCHW arrays (one map: itself, no copy).
+
+    ``aligned`` (:func:`_block_aligned`): a plain 4-d concat, oneDNN's, as the Gluon
+    model zoo's. Otherwise the maps are concatenated as 5-d arrays (a length-1 axis
+    inserted and removed again): MXNet 1.9.1's oneDNN concat fails in the *backward*
+    pass of a hybridized graph ("could not construct a sub-memory", e.g.
+    densenet40_k12 and densenet_bc_100_k12 in train mode, with 4-d or with the
+    zoo's one-map-at-a-time concat alike) when a channel offset is not a multiple
+    of its blocked layout; a 5-d concat takes MXNet's plain implementation, at the
+    price of two extra copies (measured at DenseNet-121 224: 0.69 of the zoo's
+    inference speed with 5-d concats and F.relu). The values are the same copy.
     """
+    if len(maps) == 1:
+        return maps[0]
+    if aligned:
+        return F.concat(*maps, dim=1)
     y = F.concat(*(F.expand_dims(m, axis=2) for m in maps), dim=1)
     return F.squeeze(y, axis=2)
+
+
+def _relu(F, x):
+    # The Activation operator, not F.relu: oneDNN's ReLU works on the blocked layout
+    # BatchNorm and Convolution hand over, where the generic relu converts it back and
+    # forth (measured: F.relu took 30% of DenseNet-121's inference time, 2.5x BatchNorm).
+    return F.Activation(x, act_type="relu")
 # --8<-- [end:helpers]
 
 
@@ -104,7 +129,7 @@ class ConvBlock(gluon.HybridBlock):
             self.conv = _conv(spec, in_channels, out_channels, geometry)
 
     def hybrid_forward(self, F, x):
-        return self.conv(F.relu(self.norm(x)))
+        return self.conv(_relu(F, self.norm(x)))
 # --8<-- [end:conv_block]
 
 
@@ -137,20 +162,24 @@ class DenseLayer(gluon.HybridBlock):
                 self.conv = _conv(spec, in_channels, k, spec.growth_conv)
         self.drop_rate = float(spec.drop_rate)
         self.memory_efficient = memory_efficient
+        self.aligned = _block_aligned(spec, in_channels)
 
     def hybrid_forward(self, F, *maps):
         # The other backends recompute the concatenation and the first BN-ReLU-conv
         # in the backward pass when memory_efficient (its input grows with the block:
         # memory quadratic in the depth). MXNet 1.9 cannot: autograd has no
-        # checkpointing, and its one rematerialisation switch (the environment variable
-        # MXNET_BACKWARD_DO_MIRROR) is process-wide, for symbolic executors, not per
-        # block. So this layer stores them either way: the same numbers, the same memory.
-        x = _channel_concat(F, *maps)
+        # checkpointing, its one rematerialisation switch (the process-wide environment
+        # variable MXNET_BACKWARD_DO_MIRROR) took 3.5% off the peak of a hybridized
+        # DenseNet-121 step (224, batch 16, measured), and a recomputing custom operator
+        # (mx.operator.CustomOp, tried) returned wrong float32 values from run to run
+        # (NaN, 1e27; right in float64, which oneDNN does not handle). So this layer
+        # stores them either way: the same numbers, the same memory.
+        x = _channel_concat(F, *maps, aligned=self.aligned)
         if self.has_bottleneck:
-            x = self.conv1(F.relu(self.norm1(x)))
-            new = self.conv2(F.relu(self.norm2(x)))
+            x = self.conv1(_relu(F, self.norm1(x)))
+            new = self.conv2(_relu(F, self.norm2(x)))
         else:
-            new = self.conv(F.relu(self.norm(x)))
+            new = self.conv(_relu(F, self.norm(x)))
         if self.drop_rate > 0:
             new = F.Dropout(new, p=self.drop_rate)  # identity unless autograd is training
         return new
@@ -173,12 +202,13 @@ class DenseBlock(gluon.HybridBlock):
             for i, width in enumerate(plan.layer_in_channels, start=1):
                 setattr(self, f"denselayer{i}",
                         DenseLayer(spec, width, memory_efficient=memory_efficient))
+        self.aligned = _block_aligned(spec, in_channels)
 
     def hybrid_forward(self, F, x):
         maps = [x]
         for layer in self._children.values():  # denselayer1, ... in order
             maps.append(layer(*maps))
-        return _channel_concat(F, *maps)
+        return _channel_concat(F, *maps, aligned=self.aligned)
 # --8<-- [end:dense_block]
 
 

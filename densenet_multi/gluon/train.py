@@ -23,6 +23,7 @@ from mxnet import autograd, gluon
 from rich.console import Console
 
 from ..data import Dataset, add_training_arguments, dataset_from_args, epoch_progress
+from ..distributed import fit_data_parallel
 from ..spec import get_spec
 from .runtime import build, context_of, in_legacy_mode, save_checkpoint
 
@@ -87,6 +88,10 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Train a DenseNet with MXNet Gluon.")
     add_training_arguments(p, epochs=8)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--devices", type=int, default=1, metavar="N",
+                   help="data-parallel replicas: kvstore over N contexts, synchronised "
+                        "BatchNorm (float32), constant lr, no weight decay "
+                        "(docs/guide/data-parallel.md)")
     p.add_argument("--save", default=None, metavar="PATH",
                    help="write the trained weights as a canonical safetensors checkpoint")
     return p
@@ -108,8 +113,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"{len(data.x_train)} training / {len(data.x_test)} test images "
                   f"of {data.x_train.shape[2]}x{data.x_train.shape[3]}")
     start = time.perf_counter()
-    history = train(net, data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                    console=console)
+    if args.devices > 1:
+        runs = fit_data_parallel("gluon", net, data, epochs=args.epochs,
+                                 batch_size=args.batch_size, lr=args.lr, momentum=0.9,
+                                 devices=args.devices, seed=args.seed, log=console.print)
+        history = {"loss": [r.loss for r in runs], "test_accuracy": [r.test_acc for r in runs]}
+    else:
+        history = train(net, data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                        console=console)
     elapsed = time.perf_counter() - start
     acc = history["test_accuracy"][-1] if history["test_accuracy"] else float("nan")
     console.print(f"final test accuracy {acc:.2%} after {args.epochs} epochs in {elapsed:.1f} s")
