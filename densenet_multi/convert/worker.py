@@ -101,9 +101,17 @@ class _Server:
 
     def load(self, path: str, format: str, spec: Any) -> tuple[Detection, Any]:
         """Detect ``path`` and load it the native way into this project's model."""
-        p = Path(path)
-        st = p.stat()
-        ident = (str(p.resolve()), st.st_size, st.st_mtime_ns, format, json.dumps(spec))
+        # the file's identity, not its name: a verified file moved into place (os.replace
+        # keeps the inode, size and mtime) and then read back is not loaded again
+        st = os.stat(path)
+        if Path(path).is_dir():  # an Orbax folder: its files change, not the folder's inode
+            st = max((f.stat() for f in Path(path).rglob("*") if f.is_file()),
+                     key=lambda f: f.st_mtime_ns, default=st)
+            ident: tuple = (st.st_dev, st.st_ino, st.st_mtime_ns, sum(
+                f.stat().st_size for f in Path(path).rglob("*") if f.is_file()))
+        else:
+            ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        ident += (format, json.dumps(spec))
         if self.last is not None and self.last[0] == ident:
             return self.last[1], self.last[2]
         det = detect_file(self.files, self.framework, path, format, _spec_arg(spec))

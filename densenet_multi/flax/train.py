@@ -40,6 +40,7 @@ from ..data import (
     epoch_progress,
     iterate_minibatches,
 )
+from ..distributed import fit_data_parallel
 from ..layouts import nchw_to_nhwc
 from ..spec import get_spec
 from ._x64 import in_model_dtype
@@ -147,6 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--device", default=None,
                    help="cpu, cuda or cuda:N (default: JAX's default device)")
+    p.add_argument("--devices", type=int, default=1, metavar="N",
+                   help="data-parallel replicas: shard_map over N devices (host devices on "
+                        "CPU), synchronised BatchNorm, constant lr (docs/guide/data-parallel.md)")
     p.add_argument("--save", metavar="CKPT", help="write a canonical .safetensors checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --save file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -159,14 +163,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = dataset_from_args(args, parser)
     spec = get_spec(args.preset, in_channels=int(data.x_train.shape[1]),
                     num_classes=data.num_classes)
+    if args.devices > 1:  # JAX's host devices: fixed when its CPU backend starts
+        jax.config.update("jax_num_cpu_devices", args.devices)
     device = resolve_device(args.device)
     model = build(spec, device=device, seed=args.seed)
     print(f"{spec.describe()} | {len(data.x_train)} train / {len(data.x_test)} test images of "
           f"{data.x_train.shape[2]}x{data.x_train.shape[3]} | device {device}")
     t0 = time.perf_counter()
-    history = fit(model, data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                  momentum=args.momentum, seed=args.seed, device=device,
-                  show_progress=not args.no_progress)
+    if args.devices > 1:
+        history = fit_data_parallel("flax", model, data, epochs=args.epochs,
+                                    batch_size=args.batch_size, lr=args.lr,
+                                    momentum=args.momentum, devices=args.devices, seed=args.seed)
+    else:
+        history = fit(model, data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      momentum=args.momentum, seed=args.seed, device=device,
+                      show_progress=not args.no_progress)
     final = history[-1]
     print(f"final test accuracy {final.test_acc:.4f} after {args.epochs} epochs "
           f"in {time.perf_counter() - t0:.1f} s")

@@ -109,7 +109,7 @@ def build(spec: DenseNetSpec, *, device: str | None = None, seed: int = 0,
     global policy is never changed. Where Keras's backend would compute a float64
     model in float32 (``KERAS_BACKEND=jax``), float64 raises RuntimeError saying so
     (:func:`check_float64_support`). ``memory_efficient`` recomputes each dense
-    layer's concatenation and first BN-ReLU-conv in the backward pass.
+    layer (its concatenation and every BN-ReLU-conv) in the backward pass.
     """
     name = check_model_dtype(dtype)
     return _model(spec, init_params(spec, seed, dtype=name), name, device, memory_efficient)

@@ -22,6 +22,7 @@ import keras
 
 from .. import layouts
 from ..data import add_training_arguments, dataset_from_args
+from ..distributed import fit_data_parallel
 from ..spec import get_spec
 from .runtime import build
 
@@ -38,6 +39,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save", metavar="PATH.keras", help="save the best model (test accuracy) here")
     p.add_argument("--min-accuracy", type=float,
                    help="exit with status 1 if the final test accuracy is below this")
+    p.add_argument("--devices", type=int, default=1, metavar="N",
+                   help="data-parallel replicas: MirroredStrategy over N logical CPUs, "
+                        "synchronised BatchNorm, constant lr (docs/guide/data-parallel.md)")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
                    help="Keras's progress output: 0 silent, 1 progress bar, 2 one line per epoch")
     args = p.parse_args(argv)
@@ -54,6 +58,10 @@ def cosine_schedule(peak: float, epochs: int):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.devices > 1:  # before TensorFlow starts: it splits the CPU into N logical ones
+        from .distributed import logical_cpus
+
+        logical_cpus(args.devices)
     keras.utils.set_random_seed(args.seed)
     data = args.dataset
     x_train, x_test = layouts.nchw_to_nhwc(data.x_train), layouts.nchw_to_nhwc(data.x_test)
@@ -61,6 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = get_spec(args.preset, in_channels=x_train.shape[-1], num_classes=data.num_classes)
     # the canonical seeded weights, as every backend's training entry point starts from
     model = build(spec, seed=args.seed)
+    if args.devices > 1:  # MirroredStrategy steps (distributed.py), synchronised BatchNorm
+        history = fit_data_parallel("keras", model, data, epochs=args.epochs,
+                                    batch_size=args.batch_size, lr=args.lr, momentum=0.9,
+                                    devices=args.devices, seed=args.seed)
+        accuracy = history[-1].test_acc
+        print(f"test accuracy {accuracy:.4f} after {args.epochs} epoch(s)")
+        return 0 if args.min_accuracy is None or accuracy >= args.min_accuracy else 1
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=args.lr, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
