@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import sys
 
+import keras
 import pytest
 
 from densenet_multi.parity import data_parallel as dp
 from densenet_multi.spec import DenseNetSpec
 from densenet_multi.testing import tolerance
+
+# tf.distribute is TensorFlow's engine: the keras-jax env, which runs the same tests/keras
+# folder with KERAS_BACKEND=jax and has no TensorFlow, skips this module; the tensorflow env runs it.
+if keras.backend.backend() != "tensorflow":
+    pytest.skip("MirroredStrategy is TensorFlow's (tox env tensorflow)", allow_module_level=True)
 
 BACKEND = "keras"
 #: a DenseNet-BC small enough that the replicas start and compile in seconds
