@@ -4,61 +4,29 @@ against single-device training and the NumPy reference's per-replica BatchNorm p
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-from densenet_multi.parity import data_parallel as dp
-from densenet_multi.spec import DenseNetSpec
-from densenet_multi.testing import tolerance
+from densenet_multi.parity import data_parallel_checks as checks
 
 BACKEND = "flax"
-#: a DenseNet-BC small enough that the replicas start and compile in seconds
-TINY = DenseNetSpec(growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2,
-                    num_classes=5, in_channels=3, name="tiny").to_dict()
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    case = dp.make_case(TINY, size=16, batch=8, steps=2)
-    folder = dp.prepare(case, tmp_path_factory.mktemp("dp") / "case")
-    params, inputs = folder.read_weights(case), folder.read_inputs()
-    result = dp.run_backend(BACKEND, folder, python=sys.executable)
-    return case, params, inputs, result, dp.predictions(case, params, inputs)
-
-
-def _rows(run):
-    _, _, _, result, preds = run
-    return {(r.mode, r.against): r for r in dp.compare_backend(BACKEND, result, preds)}
+    return checks.run_tiny(BACKEND, tmp_path_factory.mktemp("dp"))
 
 
 def test_sync_batchnorm_equals_single_device(run):
-    row = _rows(run)[("sync", "single")]
-    assert row.dtype == "float64"
-    assert row.ok, row
-    assert max(row.losses, row.params, row.running) <= tolerance("trajectory", row.dtype)
+    checks.sync_equals_single_device(BACKEND, run, dtype="float64")
 
 
 def test_per_replica_batchnorm_equals_the_reference_prediction(run):
-    rows = _rows(run)
-    row = rows[("per-replica", f"per-replica/{dp.RUNNING_RULES[BACKEND]}")]
-    assert row.dtype == "float64" and row.ok, row
-    # and it is not the single-device trajectory: per-replica BN is another network
-    measured = rows[("per-replica", "single")]
-    assert measured.params > 1e4 * tolerance("trajectory", "float64"), measured
+    checks.per_replica_equals_prediction(BACKEND, run)
 
 
 def test_the_check_fails_on_a_sum_all_reduce(run):
-    """Fed the prediction of a sum all-reduce (R times the gradient), both runs fail."""
-    case, params, inputs, result, _ = run
-    wrong = dp.predictions(case, params, inputs, reduce="sum")
-    rows = dp.compare_backend(BACKEND, result, wrong)
-    assert [r.ok for r in rows[:2]] == [False, False], rows
+    checks.fails_on_a_sum_all_reduce(BACKEND, run)
 
 
 def test_the_check_fails_on_the_other_running_rule(run):
-    """Which replica's running statistics the framework keeps is checked too."""
-    other = {"replica0": "mean", "mean": "replica0"}[dp.RUNNING_RULES[BACKEND]]
-    _, _, _, result, preds = run
-    row = dp.compare_backend(BACKEND, result, preds, running_rule=other)[1]
-    assert row.ok is False and row.params <= 1e-10 < row.running, row
+    checks.fails_on_the_other_running_rule(BACKEND, run)
