@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,8 +21,27 @@ import numpy as np
 from .backend import BACKENDS, load_backend
 from .data import Dataset, EpochResult
 from .reference_dp import split_batch
+from .spec import DenseNetSpec, check_input_dtype, check_input_shape, check_labels
 
-__all__ = ["epoch_batches", "fit_data_parallel"]
+__all__ = ["check_batches", "epoch_batches", "fit_data_parallel"]
+
+
+def check_batches(spec: DenseNetSpec, batches: Sequence[tuple[Any, Any]], devices: int
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every ``(x, labels)`` global batch of a data-parallel run checked before any
+    replica starts (a clear error here, not in a replica): the input's dtype and NCHW
+    shape, the labels, and a split into ``devices`` equal shards. Returns them as numpy."""
+    if devices < 2:
+        raise ValueError(f"data parallelism needs at least 2 devices, got devices={devices}")
+    out = []
+    for x, labels in batches:
+        x = np.asarray(x)
+        check_input_dtype(x.dtype)
+        check_input_shape(spec, x.shape, "NCHW")
+        y = check_labels(labels, len(x), spec.num_classes)
+        split_batch(x, y, devices)
+        out.append((x, y))
+    return out
 
 
 def epoch_batches(x: np.ndarray, y: np.ndarray, batch_size: int, replicas: int,

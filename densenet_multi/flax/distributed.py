@@ -46,9 +46,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ..backend import check_model_dtype
 from ..batchnorm import canonical_running_var, sample_counts
+from ..distributed import check_batches
 from ..layouts import nchw_to_nhwc
-from ..reference_dp import split_batch
-from ..spec import DenseNetSpec, check_input_dtype, check_input_shape, check_labels
+from ..spec import DenseNetSpec
 from ._x64 import needs_x64, x64_scope
 from .convert import export_canonical, variables
 from .densenet import DenseNet
@@ -131,16 +131,7 @@ def data_parallel_steps(spec: DenseNetSpec, params: Mapping[str, np.ndarray],
     ``params``. Returns (the loss of each step, of the global batch before the update;
     the final trainable parameters; the running statistics), canonical names and layout."""
     dtype = check_model_dtype(dtype)
-    if devices < 2:
-        raise ValueError(f"data parallelism needs at least 2 devices, got devices={devices}")
-    checked = []
-    for x, labels in batches:
-        x = np.asarray(x)
-        check_input_dtype(x.dtype)
-        check_input_shape(spec, x.shape, "NCHW")
-        y = check_labels(labels, len(x), spec.num_classes)
-        split_batch(x, y, devices)
-        checked.append((x, y))
+    checked = check_batches(spec, batches, devices)
     mesh = Mesh(np.array(mesh_devices(device, devices)), (AXIS,))
     replicated, sharded = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh,
                                                                            PartitionSpec(AXIS))

@@ -42,8 +42,8 @@ import numpy as np
 from mxnet import autograd, gluon, nd
 
 from ..backend import check_model_dtype
-from ..reference_dp import split_batch
-from ..spec import DenseNetSpec, check_input_dtype, check_input_shape, check_labels
+from ..distributed import check_batches
+from ..spec import DenseNetSpec
 from .convert import export_canonical, load_canonical
 from .layers import TwoPassBatchNorm
 from .runtime import (
@@ -141,20 +141,11 @@ def data_parallel_steps(spec: DenseNetSpec, params: Mapping[str, np.ndarray],
     each step, the global batch's mean before the update; context 0's final trainable
     parameters; its running statistics), canonical names and layout."""
     dtype = check_model_dtype(dtype)
-    if devices < 2:
-        raise ValueError(f"data parallelism needs at least 2 devices, got devices={devices}")
     if sync_bn and dtype != "float32":
         raise ValueError("MXNet 1.9's SyncBatchNorm operator computes in float32 only (on "
                          f"float64 data it fails inside MXNet); got dtype={dtype!r} with "
                          "sync_bn=True: use float32, or sync_bn=False")
-    checked = []
-    for x, labels in batches:
-        x = np.asarray(x)
-        check_input_dtype(x.dtype)
-        check_input_shape(spec, x.shape, "NCHW")
-        y = check_labels(labels, len(x), spec.num_classes)
-        split_batch(x, y, devices)
-        checked.append((x, y))
+    checked = check_batches(spec, batches, devices)
     ctxs = contexts(device, devices)
     net = _empty(spec, None, dtype, False, False)
     load_canonical(net, params)

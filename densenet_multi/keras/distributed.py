@@ -46,9 +46,10 @@ import tensorflow as tf
 
 from .. import layouts
 from ..backend import check_model_dtype
+from ..distributed import check_batches
 from ..params import running_stat_names
 from ..reference_dp import split_batch
-from ..spec import DenseNetSpec, check_input_dtype, check_input_shape, check_labels
+from ..spec import DenseNetSpec
 from .convert import canonical_variables, export_canonical
 from .runtime import _model, _read, _running_to_canonical
 
@@ -114,16 +115,8 @@ def data_parallel_steps(spec: DenseNetSpec, params: Mapping[str, np.ndarray],
     each step, the global batch's before the update; replica 0's final trainable
     parameters; its running statistics), canonical names and layout."""
     dtype = check_model_dtype(dtype)
-    if devices < 2:
-        raise ValueError(f"data parallelism needs at least 2 devices, got devices={devices}")
-    checked = []
-    for x, labels in batches:
-        x = np.asarray(x)
-        check_input_dtype(x.dtype)
-        check_input_shape(spec, x.shape, "NCHW")
-        y = check_labels(labels, len(x), spec.num_classes)
-        checked.append([(layouts.nchw_to_nhwc(xs.astype(dtype)), ys)
-                        for xs, ys in split_batch(x, y, devices)])
+    checked = [[(layouts.nchw_to_nhwc(xs.astype(dtype)), ys) for xs, ys in split_batch(x, y, devices)]
+               for x, y in check_batches(spec, batches, devices)]
     strategy = mirrored_strategy(tuple(_devices(device, devices)))
     with strategy.scope():
         model = set_batchnorm_synchronized(_model(spec, params, dtype, None, False), sync_bn)

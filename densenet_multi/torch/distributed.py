@@ -48,8 +48,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..distributed import check_batches
 from ..reference_dp import split_batch
-from ..spec import DenseNetSpec, check_labels
+from ..spec import DenseNetSpec
 from .convert import export_canonical, load_canonical
 from .runtime import _empty
 
@@ -191,11 +192,7 @@ def data_parallel_runs(spec: DenseNetSpec, params: Mapping[str, np.ndarray],
                        ) -> list[tuple[list[float], dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """:func:`data_parallel_steps` for each ``sync_bn`` in ``modes``, in one start of the
     processes (each run from ``params``, with its own model and optimizer)."""
-    if devices < 2:
-        raise ValueError(f"data parallelism needs at least 2 devices, got devices={devices}")
-    batches = [(np.asarray(x), check_labels(y, len(x), spec.num_classes)) for x, y in batches]
-    for x, y in batches:
-        split_batch(x, y, devices)  # a clear error here, not in a child process
+    batches = check_batches(spec, batches, devices)  # a clear error here, not in a child process
     with tempfile.TemporaryDirectory() as tmp:
         result_path = os.path.join(tmp, "rank0.pkl")
         # a failure in any rank is raised here (ProcessRaisedException, with its traceback)
