@@ -68,8 +68,10 @@ def bit_exact(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> list[str]:
 
 
 def make_sources(folder: Path, session: Session, *, preset: str = "d2l", seed: int = 1,
-                 dtype: str = "float32", formats: Sequence[str] = OURS) -> dict[str, Path]:
-    """A seeded network (non-trivial BN statistics) in each format, converted from canonical."""
+                 dtype: str = "float32", formats: Sequence[str] = OURS, verify: bool = True
+                 ) -> dict[str, Path]:
+    """A seeded network (non-trivial BN statistics) in each format, converted from canonical
+    (verified unless not ``verify``: the tests verify canonical -> every format as pairs)."""
     folder.mkdir(parents=True, exist_ok=True)
     spec = get_spec(preset)
     canonical = folder / f"{preset}_{dtype}{EXTENSIONS['canonical']}"
@@ -81,7 +83,7 @@ def make_sources(folder: Path, session: Session, *, preset: str = "d2l", seed: i
         if fmt != "canonical":
             out[fmt] = folder / f"{preset}_{dtype}_{fmt}{EXTENSIONS[fmt]}"
             if not out[fmt].exists():
-                convert(canonical, out[fmt], to=fmt, session=session)
+                convert(canonical, out[fmt], to=fmt, session=session, verify=verify)
     return out
 
 

@@ -20,6 +20,8 @@ with the NumPy reference (:mod:`densenet_multi.reference`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import importlib
 import json
 import os
@@ -88,6 +90,17 @@ def detect_file(files: Any, framework: str, path: str, fmt: str,
     return Detection(str(path), fmt, flavour, found, dtypes[0], eps_source, preset, notes)
 
 
+def _digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, or of a folder's (an Orbax checkpoint) names and files' bytes."""
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if f.is_file():
+            h.update(f"{f.relative_to(path)}\0".encode())
+            with open(f, "rb") as fh:
+                h.update(hashlib.file_digest(fh, "sha256").digest())
+    return h.hexdigest()
+
+
 class _Server:
     def __init__(self, framework: str) -> None:
         self.framework = framework
@@ -101,19 +114,11 @@ class _Server:
 
     def load(self, path: str, format: str, spec: Any) -> tuple[Detection, Any]:
         """Detect ``path`` and load it the native way into this project's model."""
-        # the file's identity, not its name: a verified file moved into place (os.replace
-        # keeps the inode, size and mtime) and then read back is not loaded again
-        st = os.stat(path)
-        if Path(path).is_dir():  # an Orbax folder: its files change, not the folder's inode
-            st = max((f.stat() for f in Path(path).rglob("*") if f.is_file()),
-                     key=lambda f: f.st_mtime_ns, default=st)
-            ident: tuple = (st.st_dev, st.st_ino, st.st_mtime_ns, sum(
-                f.stat().st_size for f in Path(path).rglob("*") if f.is_file()))
-        else:
-            ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        ident += (format, json.dumps(spec))
+        # the file's content, not its name: a verified file moved into place and then read
+        # back (the round trip's next step) is not loaded again
+        ident = (_digest(Path(path)), format, json.dumps(spec))
         if self.last is not None and self.last[0] == ident:
-            return self.last[1], self.last[2]
+            return dataclasses.replace(self.last[1], path=path), self.last[2]
         det = detect_file(self.files, self.framework, path, format, _spec_arg(spec))
         model = self.files.load_model(path, format, det.flavour, det.spec, det.dtype)
         self.last = (ident, det, model)

@@ -202,8 +202,23 @@ APPLICATIONS = {(6, 12, 24, 16): "DenseNet121", (6, 12, 32, 32): "DenseNet169",
                 (6, 12, 48, 32): "DenseNet201"}
 
 
+_APPS: dict[tuple[DenseNetSpec, str], keras.Model] = {}
+
+
 def applications_model(spec: DenseNetSpec, dtype: str = "float32") -> keras.Model:
-    """``keras.applications.DenseNet121/169/201(weights=None, classes=...)`` for ``spec``."""
+    """``keras.applications.DenseNet121/169/201(weights=None, classes=...)`` for ``spec``: built
+    once per spec and dtype in a process (a DenseNet121 costs seconds to build); whoever
+    asks for it overwrites every variable (``load_weights`` or
+    :func:`canonical_to_keras_applications`)."""
+    key = (spec, dtype)
+    if key not in _APPS:
+        if len(_APPS) >= 1:
+            _APPS.clear()
+        _APPS[key] = _applications_model(spec, dtype)
+    return _APPS[key]
+
+
+def _applications_model(spec: DenseNetSpec, dtype: str) -> keras.Model:
     name = APPLICATIONS.get(spec.block_config)
     if name is None or (spec.growth_rate, spec.num_init_features) != (32, 64):
         raise ValueError(f"keras.applications builds DenseNet121/169/201 only (k=32, 64 stem "

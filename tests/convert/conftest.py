@@ -20,8 +20,9 @@ def session():
 
 @pytest.fixture(scope="session")
 def sources(session, tmp_path_factory):
-    """A seeded d2l network (non-trivial BN statistics) in each of our seven formats."""
-    return make_sources(tmp_path_factory.mktemp("sources"), session)
+    """A seeded d2l network (non-trivial BN statistics) in each of our seven formats (written
+    unverified: canonical -> each format is verified as a pair of the matrix test)."""
+    return make_sources(tmp_path_factory.mktemp("sources"), session, verify=False)
 
 
 @pytest.fixture(scope="session")

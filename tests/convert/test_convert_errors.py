@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
 from densenet_multi import checkpoint
 from densenet_multi.convert import ConvertError, CorruptFileError, DetectionError, VerificationError, convert
+from densenet_multi.convert.api import read_canonical
 from densenet_multi.convert.cli import main as cli_main
 from densenet_multi.convert.detect import infer_spec, sniff_format
+from densenet_multi.convert.matrix import bit_exact
 from densenet_multi.params import param_table
 from densenet_multi.spec import get_spec
 
@@ -123,3 +127,19 @@ def test_the_cli_says_what_it_detected_and_prints_the_verification(sources, sess
                     session=session) == 0
     assert "not verified (--no-verify)" in capsys.readouterr().out
     assert checkpoint.read_spec(sources["canonical"]) == get_spec("d2l")
+
+
+def test_a_worker_reads_a_file_rewritten_in_place_afresh(original, session, tmp_path):
+    # a worker keeps the model of the last file it loaded, keyed by the file's content: the
+    # same name, size and modification time with other bytes is another file
+    path = tmp_path / "sd.safetensors"  # a state_dict: the torch worker reads it
+    save_file(original, str(path))
+    first, _ = read_canonical(path, session=session)
+    assert bit_exact(first, original) == []
+    st = path.stat()
+    changed = {k: (v + 1).astype(v.dtype) if k == "classifier.bias" else v for k, v in original.items()}
+    save_file(changed, str(path))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    again, _ = read_canonical(path, session=session)
+    assert bit_exact(again, changed) == []
