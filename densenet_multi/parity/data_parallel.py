@@ -48,7 +48,7 @@ from .cases import Case, make_inputs, make_weights
 from .runfolder import CaseFolder, load_npz, save_npz
 from .runner import find_project_root, parse_pythons, resolve_python, worker_env
 
-__all__ = ["REPLICAS", "RUNNING_RULES", "SYNC_DTYPE", "Row", "make_case", "prepare",
+__all__ = ["REPLICAS", "RUNNING_RULES", "Row", "make_case", "prepare", "run_arrays",
            "run_backend", "predictions", "compare_backend", "main"]
 
 #: replicas (processes, host devices, logical CPUs, contexts) of every run
@@ -56,9 +56,6 @@ REPLICAS = 2
 #: which running statistics each framework's data-parallel model ends with, without
 #: synchronised BN (see reference_dp and each backend's distributed.py)
 RUNNING_RULES = {"torch": "replica0", "flax": "mean", "keras": "replica0", "gluon": "replica0"}
-#: backends whose synchronised BN runs in another dtype than the case's, and why
-SYNC_DTYPE = {"gluon": ("float32", "MXNet 1.9's SyncBatchNorm operator computes in float32 "
-                                   "only")}
 #: environment a worker needs beyond the harness's (JAX's host devices are fixed at start)
 EXTRA_ENV = {"flax": {"XLA_FLAGS": f"--xla_force_host_platform_device_count={REPLICAS}"}}
 MODES = ("sync", "per-replica")
@@ -89,6 +86,19 @@ def result_path(folder: CaseFolder, backend: str) -> Path:
 
 
 # ---------------------------------------------------------------------- the worker
+def run_arrays(mode: str, run: tuple[list[float], Mapping[str, np.ndarray],
+                                     Mapping[str, np.ndarray]],
+               dtype: str, seconds: float) -> dict[str, np.ndarray]:
+    """One ``data_parallel_steps`` result (losses, trainable, running) as the result file's
+    arrays for ``mode`` (what :func:`compare_backend` reads)."""
+    losses, trainable, running = run
+    arrays = {f"{mode}/seconds": np.asarray(seconds), f"{mode}/dtype": np.asarray(dtype),
+              f"{mode}/losses": np.asarray(losses, dtype=np.float64)}
+    arrays.update({f"{mode}/param/{k}": np.asarray(v) for k, v in trainable.items()})
+    arrays.update({f"{mode}/running/{k}": np.asarray(v) for k, v in running.items()})
+    return arrays
+
+
 def worker(backend: str, case_dir: str | Path) -> Path:
     """In the backend's environment: both runs of one backend, written to its result file."""
     folder = CaseFolder(case_dir)
@@ -97,33 +107,22 @@ def worker(backend: str, case_dir: str | Path) -> Path:
     dist = importlib.import_module(f"{BACKENDS[backend][0]}.distributed")
     arrays: dict[str, np.ndarray] = {}
     spec = case.build_spec()
-    dtypes = {m: SYNC_DTYPE[backend][0] if m == "sync" and backend in SYNC_DTYPE else case.dtype
-              for m in MODES}
-
-    def args(mode: str) -> tuple[dict[str, np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
-        return ({k: v.astype(dtypes[mode]) for k, v in params.items()},
-                _batches(inputs, dtypes[mode]))
-
+    args = ({k: v.astype(case.dtype) for k, v in params.items()}, _batches(inputs, case.dtype))
     t0 = time.perf_counter()
-    if hasattr(dist, "data_parallel_runs") and len(set(dtypes.values())) == 1:
-        # PyTorch: both runs in one start of the processes
-        runs = dist.data_parallel_runs(spec, *args("sync"), devices=REPLICAS, dtype=case.dtype,
+    if hasattr(dist, "data_parallel_runs"):  # PyTorch: both runs in one start of the processes
+        runs = dist.data_parallel_runs(spec, *args, devices=REPLICAS, dtype=case.dtype,
                                        modes=[m == "sync" for m in MODES], **SGD_DEFAULTS)
         seconds = [(time.perf_counter() - t0) / len(MODES)] * len(MODES)
     else:
         runs, seconds = [], []
         for mode in MODES:
             t0 = time.perf_counter()
-            runs.append(dist.data_parallel_steps(spec, *args(mode), devices=REPLICAS,
-                                                 sync_bn=mode == "sync", dtype=dtypes[mode],
+            runs.append(dist.data_parallel_steps(spec, *args, devices=REPLICAS,
+                                                 sync_bn=mode == "sync", dtype=case.dtype,
                                                  **SGD_DEFAULTS))
             seconds.append(time.perf_counter() - t0)
-    for mode, (losses, trainable, running), sec in zip(MODES, runs, seconds, strict=True):
-        arrays[f"{mode}/seconds"] = np.asarray(sec)
-        arrays[f"{mode}/dtype"] = np.asarray(dtypes[mode])
-        arrays[f"{mode}/losses"] = np.asarray(losses, dtype=np.float64)
-        arrays.update({f"{mode}/param/{k}": np.asarray(v) for k, v in trainable.items()})
-        arrays.update({f"{mode}/running/{k}": np.asarray(v) for k, v in running.items()})
+    for mode, run, sec in zip(MODES, runs, seconds, strict=True):
+        arrays.update(run_arrays(mode, run, case.dtype, sec))
     path = result_path(folder, backend)
     save_npz(path, arrays)
     return path
