@@ -21,6 +21,10 @@ Both use a *mean* all-reduce of the gradients: a backend that sums them (or
 scales its loss by the shard instead of the global batch) is R times off in
 every update and fails both comparisons.
 
+On GPUs (``--device cuda``) the PyTorch and JAX steps run there (the project's
+TensorFlow and MXNet environments are CPU builds); on a machine without an NVIDIA
+GPU that run reports "not available" and fails, and the CPU run's report says so.
+
 Run it: ``densenet-multi parity --checks data-parallel`` (or ``python -m
 densenet_multi.parity.data_parallel``); ``--help`` lists the options.
 """
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -59,6 +64,8 @@ RUNNING_RULES = {"torch": "replica0", "flax": "mean", "keras": "replica0", "gluo
 #: environment a worker needs beyond the harness's (JAX's host devices are fixed at start)
 EXTRA_ENV = {"flax": {"XLA_FLAGS": f"--xla_force_host_platform_device_count={REPLICAS}"}}
 MODES = ("sync", "per-replica")
+#: backends whose data-parallel steps run on GPUs here (the others' environments are CPU builds)
+GPU_BACKENDS = ("torch", "flax")
 
 
 def make_case(spec: str | Mapping[str, Any] = "d2l", *, size: int = 32, batch: int = 8,
@@ -99,8 +106,26 @@ def run_arrays(mode: str, run: tuple[list[float], Mapping[str, np.ndarray],
     return arrays
 
 
-def worker(backend: str, case_dir: str | Path) -> Path:
-    """In the backend's environment: both runs of one backend, written to its result file."""
+def gpu_count(backend: str) -> int:
+    """GPUs the backend's framework sees (in its environment)."""
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.device_count()
+    import jax
+
+    try:
+        return len(jax.devices("gpu"))
+    except RuntimeError:  # "Unknown backend: 'gpu' requested, but no platforms ..."
+        return 0
+
+
+def worker(backend: str, case_dir: str | Path, device: str = "cpu") -> Path:
+    """In the backend's environment: both runs of one backend on ``device``, written to its
+    result file."""
+    if device == "cuda" and gpu_count(backend) == 0:
+        raise SystemExit(f"not available: {backend} sees no GPU (CUDA_VISIBLE_DEVICES="
+                         f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r})")
     folder = CaseFolder(case_dir)
     case = folder.read_case()
     params, inputs = folder.read_weights(case), folder.read_inputs()
@@ -111,7 +136,8 @@ def worker(backend: str, case_dir: str | Path) -> Path:
     t0 = time.perf_counter()
     if hasattr(dist, "data_parallel_runs"):  # PyTorch: both runs in one start of the processes
         runs = dist.data_parallel_runs(spec, *args, devices=REPLICAS, dtype=case.dtype,
-                                       modes=[m == "sync" for m in MODES], **SGD_DEFAULTS)
+                                       modes=[m == "sync" for m in MODES], device=device,
+                                       **SGD_DEFAULTS)
         seconds = [(time.perf_counter() - t0) / len(MODES)] * len(MODES)
     else:
         runs, seconds = [], []
@@ -119,7 +145,7 @@ def worker(backend: str, case_dir: str | Path) -> Path:
             t0 = time.perf_counter()
             runs.append(dist.data_parallel_steps(spec, *args, devices=REPLICAS,
                                                  sync_bn=mode == "sync", dtype=case.dtype,
-                                                 **SGD_DEFAULTS))
+                                                 device=device, **SGD_DEFAULTS))
             seconds.append(time.perf_counter() - t0)
     for mode, run, sec in zip(MODES, runs, seconds, strict=True):
         arrays.update(run_arrays(mode, run, case.dtype, sec))
@@ -129,22 +155,27 @@ def worker(backend: str, case_dir: str | Path) -> Path:
 
 
 def run_backend(backend: str, folder: CaseFolder, *, python: str | None = None,
-                timeout: float = 900.0) -> dict[str, np.ndarray]:
+                timeout: float = 900.0, device: str = "cpu") -> dict[str, np.ndarray]:
     """Run :func:`worker` for ``backend`` in its environment (``python``, default the
-    harness's choice) and return its arrays; a clear RuntimeError with the log's tail
-    when it fails."""
+    harness's choice) on ``device`` and return its arrays; a clear RuntimeError with the
+    log's tail when it fails."""
+    if device not in ("cpu", "cuda") or (device == "cuda" and backend not in GPU_BACKENDS):
+        raise ValueError(f"device must be 'cpu', or 'cuda' for {', '.join(GPU_BACKENDS)} (this "
+                         f"project's TensorFlow and MXNet environments are CPU builds); got "
+                         f"{device!r} for {backend}")
     root = find_project_root()
     if python is None:
         python, origin = resolve_python(backend, root=root)
         if not python or not Path(python).exists():
             raise RuntimeError(f"no interpreter for {backend} ({origin}): build its tox env "
                                f"`tox -e {BACKENDS[backend][2]} --notest` or pass --python")
-    env = worker_env(backend, ("cpu",), False, root)
+    env = worker_env(backend, (device,), False, root)
     env.update(EXTRA_ENV.get(backend, {}))
     out = result_path(folder, backend)
     out.unlink(missing_ok=True)
     proc = subprocess.run([python, "-m", "densenet_multi.parity.data_parallel", "--worker",
-                           backend, "--case-dir", str(folder.path)], env=env,
+                           backend, "--case-dir", str(folder.path), "--device", device],
+                          env=env,
                           cwd=str(root or Path.cwd()), capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
     arrays = load_npz(out)
@@ -242,11 +273,36 @@ def compare_backend(backend: str, result: Mapping[str, np.ndarray],
 
 
 # ---------------------------------------------------------------------- report
-def render(rows: Sequence[Row], case: Case) -> str:
+#: one entry per GPU where the NVIDIA driver is loaded
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
+
+
+def machine_gpus() -> int:
+    """NVIDIA GPUs the machine's driver lists (:data:`NVIDIA_GPUS`), without importing a
+    framework: 0 where there is no NVIDIA driver."""
+    return len(list(NVIDIA_GPUS.iterdir())) if NVIDIA_GPUS.is_dir() else 0
+
+
+def gpu_line(device: str) -> str:
+    """What the report says of the GPU steps."""
+    n = machine_gpus()
+    if n == 0:
+        return ("GPU: not available (no NVIDIA GPU on this machine: /proc/driver/nvidia/gpus "
+                "is absent)" + ("; the PyTorch and JAX steps run on GPUs with `--device cuda`."
+                                if device == "cpu" else ", so the GPU runs below fail."))
+    if device == "cuda":
+        return (f"GPU: {n} NVIDIA GPU(s) on this machine; the PyTorch and JAX steps run there "
+                "(this project's TensorFlow and MXNet environments are CPU builds).")
+    return (f"GPU: {n} NVIDIA GPU(s) on this machine, not used by this CPU run; the PyTorch "
+            "and JAX steps run there with `--device cuda`.")
+
+
+def render(rows: Sequence[Row], case: Case, device: str = "cpu") -> str:
     h, w = case.input_size
     lines = [f"# {case.describe()}", "",
-             f"{REPLICAS} replicas, {case.steps} SGD steps, global batch {case.batch} "
-             f"({case.batch // REPLICAS} per replica), {h}x{w}", "",
+             f"{REPLICAS} replicas ({'GPUs' if device == 'cuda' else 'CPU'}), {case.steps} SGD "
+             f"steps, global batch {case.batch} ({case.batch // REPLICAS} per replica), {h}x{w}",
+             "", gpu_line(device), "",
              "| backend | run | against | dtype | losses | params | running | worst tensor "
              "| tol | status | s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -264,7 +320,11 @@ def _parser() -> argparse.ArgumentParser:
         description="K data-parallel SGD steps on each framework's own engine (2 CPU "
                     "replicas) against single-device training and the NumPy reference's "
                     "per-replica BatchNorm prediction.")
-    p.add_argument("--backends", default=",".join(BACKENDS))
+    p.add_argument("--backends", default=None,
+                   help=f"default: all ({','.join(BACKENDS)}); with --device cuda "
+                        f"{','.join(GPU_BACKENDS)}")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu (default), or cuda: the PyTorch and JAX steps on GPUs")
     p.add_argument("--spec", default="d2l", help="a preset (default %(default)s)")
     p.add_argument("--size", type=int, default=32, help="input height and width (32)")
     p.add_argument("--batch", type=int, default=8, help="global batch (8)")
@@ -282,12 +342,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.worker:
-        worker(args.worker, args.case_dir)
+        worker(args.worker, args.case_dir, args.device)
         return 0
-    backends = [b for b in args.backends.split(",") if b]
+    default = GPU_BACKENDS if args.device == "cuda" else tuple(BACKENDS)
+    backends = [b for b in (args.backends or ",".join(default)).split(",") if b]
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise SystemExit(f"unknown backend(s) {unknown}; known: {sorted(BACKENDS)}")
+    if args.device == "cuda" and set(backends) - set(GPU_BACKENDS):
+        raise SystemExit(f"--device cuda runs {', '.join(GPU_BACKENDS)} only (this project's "
+                         f"TensorFlow and MXNet environments are CPU builds); got {backends}")
     pythons = parse_pythons(args.python)
     case = make_case(args.spec, size=args.size, batch=args.batch, steps=args.steps,
                      seed=args.seed)
@@ -299,19 +363,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     for b in backends:
         print(f"{b}: running {REPLICAS} replicas ...", flush=True)
         try:
-            result = run_backend(b, folder, python=pythons.get(b), timeout=args.timeout)
+            result = run_backend(b, folder, python=pythons.get(b), timeout=args.timeout,
+                                 device=args.device)
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             failed[b] = str(e)
             print(f"{b}: {e}", file=sys.stderr)
             continue
         rows += compare_backend(b, result, preds)
-    text = render(rows, case)
+    text = render(rows, case, args.device)
     for b, why in failed.items():
         text += f"\n{b}: the worker failed\n```\n{why}\n```\n"
     write_text_atomic(Path(args.out) / "report.md", text)
     write_text_atomic(Path(args.out) / "report.json", json.dumps(
-        {"case": case.to_dict(), "rows": [asdict(r) | {"ok": r.ok} for r in rows],
-         "failed": failed}, indent=1))
+        {"case": case.to_dict(), "device": args.device, "gpu": gpu_line(args.device),
+         "rows": [asdict(r) | {"ok": r.ok} for r in rows], "failed": failed}, indent=1))
     print(text)
     return 0 if rows and not failed and all(r.ok is not False for r in rows) else 1
 

@@ -160,3 +160,22 @@ def test_parity_cli_dispatches_data_parallel():
     assert cli._without_data_parallel(["--checks", "eval"]) is None
     with pytest.raises(SystemExit, match="unknown backend"):
         cli.main(["--checks", "data-parallel", "--backends", "caffe"])
+
+
+# ---------------------------------------------------------------------- GPUs
+def test_the_report_says_whether_a_gpu_is_there(monkeypatch, tmp_path):
+    gpus = tmp_path / "gpus"
+    monkeypatch.setattr(dp, "NVIDIA_GPUS", gpus)
+    assert dp.gpu_line("cpu").startswith("GPU: not available (no NVIDIA GPU")
+    assert "the GPU runs below fail" in dp.gpu_line("cuda")
+    (gpus / "0000:01:00.0").mkdir(parents=True)
+    assert dp.machine_gpus() == 1
+    assert dp.gpu_line("cpu").startswith("GPU: 1 NVIDIA GPU(s) on this machine, not used")
+    assert dp.gpu_line("cuda").startswith("GPU: 1 NVIDIA GPU(s) on this machine; the PyTorch")
+
+
+def test_gpu_runs_are_torch_and_jax_only(tmp_path):
+    with pytest.raises(ValueError, match=r"'cuda' for torch, flax .* got 'cuda' for keras"):
+        dp.run_backend("keras", None, device="cuda")
+    with pytest.raises(SystemExit, match="--device cuda runs torch, flax only"):
+        dp.main(["--device", "cuda", "--backends", "torch,gluon", "--out", str(tmp_path)])
