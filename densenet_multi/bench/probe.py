@@ -11,8 +11,13 @@ batch size, and what to measure:
     the framework's idiomatic step: img/s per step;
 ``memory``
     training steps as ``train``, and the process's peak resident set size
-    (:func:`peak_rss_mib`) after importing the framework, after building the network
-    and after the steps.
+    (:func:`peak_rss_mib`) after importing the framework, after building the network,
+    after the first and warm-up steps (``rss_warm_mib``: with XLA, the compilation's
+    own memory is in it) and after the steps (``rss_peak_mib``, the whole run's peak);
+    and, the kernel's high-water mark reset after the warm-up (:func:`reset_peak_rss`),
+    the timed steps' own peak (``rss_steady_mib``; the C allocator's free memory is
+    given back to the system first, :func:`trim_allocator`). ``step_mib`` and
+    ``steady_step_mib`` are those two peaks net of the import-and-build baseline.
 
 The first step (with ``jit``, ``torch.compile`` or XLA: the compilation) is timed
 on its own; then ``--warmup`` more untimed steps, then ``--steps`` steps timed one
@@ -141,12 +146,45 @@ def official_available(backend: str, preset: str, size: int) -> bool:
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident set size so far, in MiB (Linux and macOS)."""
+    """This process's peak resident set size so far (since the start, or since the last
+    :func:`reset_peak_rss`), in MiB (Linux and macOS)."""
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def trim_allocator() -> bool:
+    """Give the C allocator's free memory back to the system (glibc's ``malloc_trim(0)``):
+    memory a one-off phase (XLA's compilation) freed stays resident in glibc's arenas
+    otherwise, and would be counted in every later reading. False where there is no
+    glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        trim = getattr(libc, "malloc_trim", None)
+    except OSError:
+        return False
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+def reset_peak_rss() -> bool:
+    """Set this process's peak resident set size back to its current one (Linux >= 4.0:
+    ``5`` written to ``/proc/self/clear_refs`` resets the kernel's high-water mark, which
+    ``getrusage`` and ``VmHWM`` read). False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
 
 
 def _versions(names: Sequence[str]) -> dict[str, str]:
@@ -352,6 +390,12 @@ def measure(cfg: Config) -> dict[str, Any]:
         out["loss"] = float(np.asarray(first))
     for _ in range(cfg.warmup):
         step()
+    # the peak so far holds the one-off work of the first steps (XLA's and oneDNN's
+    # compilation, caches): read it, then measure the timed steps' own peak, from the
+    # memory in use (what the allocator holds free given back first)
+    out["rss_warm_mib"] = round(peak_rss_mib(), 1)
+    out["allocator_trimmed"] = trim_allocator()
+    steady = reset_peak_rss()
     times = []
     c0, w0 = time.process_time(), time.perf_counter()
     for _ in range(cfg.steps):
@@ -366,12 +410,15 @@ def measure(cfg: Config) -> dict[str, Any]:
         ips_median=round(statistics.median(ips), 3), ips_min=round(ips[0], 3),
         ips_max=round(ips[-1], 3),
         cores_busy=round(cpu / wall, 2) if wall > 0 else None,
-        rss_peak_mib=round(peak_rss_mib(), 1),
+        rss_peak_mib=round(max(out["rss_warm_mib"], peak_rss_mib()), 1),
+        rss_steady_mib=round(peak_rss_mib(), 1) if steady else None,
         threads={**threads, "env": _threads_env(), "cpus": os.cpu_count()},
         versions=_versions(["numpy", *_VERSIONS[cfg.backend]]),
         status="ok",
     )
     out["step_mib"] = round(out["rss_peak_mib"] - out["rss_build_mib"], 1)
+    if steady:  # the timed steps' peak, net of the build (the first steps' one-off work left out)
+        out["steady_step_mib"] = round(out["rss_steady_mib"] - out["rss_build_mib"], 1)
     if cfg.device == "cuda":
         out["device_peak_mib"] = _device_mib(cfg.backend, "peak")
         out["device_step_mib"] = round(out["device_peak_mib"] - out["device_build_mib"], 1)

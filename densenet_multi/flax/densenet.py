@@ -123,16 +123,20 @@ class _Pool(nnx.Module):
         return self.reduce(x, (g.kernel, g.kernel), strides=(g.stride, g.stride), padding=g.pads)
 
 
-def _concat_unit(norm: nnx.BatchNorm, conv: nnx.Conv, features: Sequence[jax.Array]) -> jax.Array:
-    """Concatenation -> BN -> ReLU -> first conv (the 1x1 bottleneck, or the plain 3x3)."""
-    return conv(nnx.relu(norm(jnp.concatenate(list(features), axis=-1))))
+def _recomputed(modules: Sequence[nnx.Module], features: Sequence[jax.Array]) -> jax.Array:
+    """Concatenation -> BN -> ReLU -> first conv (the 1x1 bottleneck, or the plain 3x3)
+    and, with a bottleneck (a third module, norm2), the second BN-ReLU: up to the 3x3
+    conv's input. The part ``memory_efficient`` recomputes."""
+    norm, conv, *second = modules
+    y = conv(nnx.relu(norm(jnp.concatenate(list(features), axis=-1))))
+    return nnx.relu(second[0](y)) if second else y
 
 
-def _concat_unit_pure(graphdef: nnx.GraphDef, state: nnx.State, features: Sequence[jax.Array]
-                      ) -> tuple[jax.Array, nnx.State]:
-    """:func:`_concat_unit` as a function of the (norm, conv) state: output, new state."""
-    norm, conv = nnx.merge(graphdef, state)
-    return _concat_unit(norm, conv, features), nnx.state((norm, conv))
+def _recomputed_pure(graphdef: nnx.GraphDef, state: nnx.State, features: Sequence[jax.Array]
+                     ) -> tuple[jax.Array, nnx.State]:
+    """:func:`_recomputed` as a function of its modules' state: output, new state."""
+    modules = nnx.merge(graphdef, state)
+    return _recomputed(modules, features), nnx.state(modules)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -187,8 +191,8 @@ class DenseLayer(nnx.Module):
     Called on the block input and every earlier layer's output (a list, or one
     array), it returns only the ``growth_rate`` new maps.
 
-    With ``memory_efficient`` the concatenation and the *first* BN-ReLU-conv are
-    recomputed in the backward pass instead of stored.
+    With ``memory_efficient`` the concatenation and the *first* BN-ReLU-conv (with a
+    bottleneck: and the second BN-ReLU) are recomputed in the backward pass instead of stored.
     """
 
     def __init__(self, spec: DenseNetSpec, in_channels: int, *, memory_efficient: bool = False,
@@ -215,21 +219,24 @@ class DenseLayer(nnx.Module):
     def __call__(self, features: jax.Array | Sequence[jax.Array]) -> jax.Array:
         # A list, so that the concatenation happens inside the rematerialised part.
         features = [features] if isinstance(features, jax.Array) else list(features)
-        first = (self.norm1, self.conv1) if self.has_bottleneck else (self.norm, self.conv)
+        part = ((self.norm1, self.conv1, self.norm2) if self.has_bottleneck
+                else (self.norm, self.conv))
         if self.memory_efficient:
-            # Only concat + the first BN-ReLU-conv is recomputed: layer l's input has
-            # k0 + l*k channels, so storing it for every layer costs memory quadratic
-            # in the block depth, while the rest grows linearly. The whole sub-block is
-            # recomputed, not single ops (as nnx.remat would wrap it, flax #3703); being
-            # functional, its recomputation updates no running statistic a second time.
-            graphdef, state = nnx.split(first)
-            y, state = _recompute_in_backward(functools.partial(_concat_unit_pure, graphdef),
+            # Recomputed in the backward pass instead of stored: the concatenation (layer
+            # l's input has k0 + l*k channels, so storing it, and its BN-ReLU, for every
+            # layer costs memory quadratic in the block depth) and, with a bottleneck,
+            # everything up to the 3x3 conv's input, so that per layer only that input
+            # (4k channels) and the k new maps are kept. The whole part is recomputed,
+            # not single ops (as nnx.remat would wrap it, flax #3703); being functional,
+            # its recomputation updates no running statistic a second time.
+            graphdef, state = nnx.split(part)
+            y, state = _recompute_in_backward(functools.partial(_recomputed_pure, graphdef),
                                               state, features)
-            nnx.update(first, state)  # the running statistics of the forward pass
+            nnx.update(part, state)  # the running statistics of the forward pass
         else:
-            y = _concat_unit(*first, features)
+            y = _recomputed(part, features)
         if self.has_bottleneck:
-            y = self.conv2(nnx.relu(self.norm2(y)))
+            y = self.conv2(y)
         return self.dropout(y)
 # --8<-- [end:dense_layer]
 

@@ -146,3 +146,26 @@ def test_table_check_catches_a_wrong_ratio_and_a_missing_row():
     assert "['1.50', 'FAILED'] != json ['1.40', 'FAILED']" in problem
     data["memory"].append({**data["memory"][0], "preset": "d2l"})
     assert "no table row" in report.table_disagreements(md, data)[-1]
+
+
+def test_the_peak_rss_reset_forgets_a_freed_allocation():
+    # what the steady-state memory reading rests on: after the reset the peak is today's
+    # RSS, not the high-water mark of memory the process has since given back
+    import numpy as np
+
+    from densenet_multi.bench.probe import peak_rss_mib, reset_peak_rss
+
+    big = np.ones(400 * 2**20 // 8)  # 400 MiB, touched
+    high = peak_rss_mib()
+    del big
+    assert reset_peak_rss(), "this Linux cannot reset the high-water mark"
+    assert peak_rss_mib() < high - 300, (peak_rss_mib(), high)
+    again = np.ones(400 * 2**20 // 8)
+    assert peak_rss_mib() > high - 100  # and it counts new memory again
+    del again
+
+
+def test_step_memory_is_the_steady_peak_where_recorded():
+    rec = {"rss_peak_mib": 3000.0, "rss_build_mib": 500.0, "rss_steady_mib": 2000.0}
+    assert report.net_mib(rec) == 1500.0 and report.whole_run_mib(rec) == 2500.0
+    assert report.net_mib({"rss_peak_mib": 3000.0, "rss_build_mib": 500.0}) == 2500.0
