@@ -19,8 +19,8 @@ NCHW activations, OIHW kernels, (out, in) dense weights, torchvision names.
     training trajectories to 1e-10: in float32 a deep ReLU network's gradient is
     not determined to 1e-4 by its weights; see ``docs/parity.md``.)
     ``memory_efficient=True`` recomputes each dense layer's concatenation and
-    first BN-ReLU-conv in the backward pass (PyTorch also the second BN-ReLU,
-    Keras the whole layer; Gluon accepts it and recomputes nothing): the same
+    first BN-ReLU-conv in the backward pass (PyTorch and Gluon also the second
+    BN-ReLU, Keras the whole layer): the same
     numbers, less memory. A runtime option, not part of the spec, so one
     checkpoint loads into either.
     ``device`` is one of :func:`devices` ("cpu", "cuda", "cuda:1").

@@ -33,11 +33,11 @@ from __future__ import annotations
 from typing import Any
 
 import mxnet as mx
-from mxnet import gluon
+from mxnet import gluon, nd
 from mxnet.gluon import nn
 
 from ..spec import ConvGeometry, DenseNetSpec, get_spec
-from .layers import TwoPassBatchNorm
+from .layers import Recomputed, TwoPassBatchNorm
 
 __all__ = [
     "ConvBlock",
@@ -109,6 +109,10 @@ def _channel_concat(F, *maps, aligned: bool):
     return F.squeeze(y, axis=2)
 
 
+def _call(block, x):
+    return block(x)
+
+
 def _relu(F, x):
     # The Activation operator, not F.relu: oneDNN's ReLU works on the blocked layout
     # BatchNorm and Convolution hand over, where the generic relu converts it back and
@@ -140,8 +144,10 @@ class DenseLayer(gluon.HybridBlock):
     Called on the block input and every earlier layer's output (``layer(*maps)``),
     it returns only the ``growth_rate`` new maps.
 
-    ``memory_efficient`` is accepted and changes nothing: MXNet 1.9 cannot
-    recompute part of a block in the backward pass (see :meth:`hybrid_forward`).
+    With ``memory_efficient`` the concatenation and the *first* BN-ReLU-conv (with a
+    bottleneck: and the second BN-ReLU) are recomputed in the backward pass instead of
+    stored (:class:`~densenet_multi.gluon.layers.Recomputed`). The layer itself then
+    runs imperatively; ``hybridize()`` compiles the recomputed part and ``conv2``.
     """
 
     def __init__(self, spec: DenseNetSpec, in_channels: int, *, memory_efficient: bool = False,
@@ -163,26 +169,54 @@ class DenseLayer(gluon.HybridBlock):
         self.drop_rate = float(spec.drop_rate)
         self.memory_efficient = memory_efficient
         self.aligned = _block_aligned(spec, in_channels)
+        if memory_efficient:  # not a child Block: the parameters stay norm1, conv1, ...
+            parts = (self.norm1, self.conv1, self.norm2) if width is not None else (self.norm, self.conv)
+            self.recomputed = Recomputed(self._recomputed, parts)
 
-    def hybrid_forward(self, F, *maps):
-        # The other backends recompute the concatenation and the first BN-ReLU-conv
-        # in the backward pass when memory_efficient (its input grows with the block:
-        # memory quadratic in the depth). MXNet 1.9 cannot: autograd has no
-        # checkpointing, its one rematerialisation switch (the process-wide environment
-        # variable MXNET_BACKWARD_DO_MIRROR) took 3.5% off the peak of a hybridized
-        # DenseNet-121 step (224, batch 16, measured), and a recomputing custom operator
-        # (mx.operator.CustomOp, tried) returned wrong float32 values from run to run
-        # (NaN, 1e27; right in float64, which oneDNN does not handle). So this layer
-        # stores them either way: the same numbers, the same memory.
+    def _recomputed(self, F, call, *maps):
+        """The part ``memory_efficient`` recomputes: concatenation -> BN -> ReLU -> first conv
+        (the 1x1 bottleneck, or the plain 3x3) and, with a bottleneck, the second BN-ReLU,
+        up to the 3x3 conv's input. ``call(block, x)`` runs each of the blocks."""
         x = _channel_concat(F, *maps, aligned=self.aligned)
         if self.has_bottleneck:
-            x = self.conv1(_relu(F, self.norm1(x)))
-            new = self.conv2(_relu(F, self.norm2(x)))
+            y = call(self.conv1, _relu(F, call(self.norm1, x)))
+            return _relu(F, call(self.norm2, y))
+        return call(self.conv, _relu(F, call(self.norm, x)))
+
+    def hybrid_forward(self, F, *maps):
+        if self.memory_efficient and F is nd:
+            # Recomputed in the backward pass instead of stored: the concatenation (layer
+            # l's input has k0 + l*k channels, so storing it, and its BN-ReLU, for every
+            # layer costs memory quadratic in the block depth) and, with a bottleneck,
+            # everything up to the 3x3 conv's input, so that per layer only that input
+            # (4k channels) and the k new maps are kept. MXNet 1.9's autograd has no
+            # checkpointing: Recomputed is one (an autograd.Function; layers.py).
+            # Measured, DenseNet-121 224x224 batch 16, hybridized, 2 shared CPU cores: the
+            # forward pass stores 869 MiB instead of 2054 (-58%), but the peak of a training
+            # step (net of the build) is only 20% lower (2066 MiB vs 2575), at 1.5x the
+            # step time: the imperative backward pass's buffers come on top, and freed
+            # memory the allocator keeps between steps (glibc's MALLOC_MMAP_THRESHOLD_=131072
+            # makes it -35%, at 2.1x the step time).
+            # (MXNET_BACKWARD_DO_MIRROR, tried before: 3.5%. MXNet's CachedOp builds its
+            # backward graph without a mirror function, so hybridized blocks cannot use it.)
+            y = self.recomputed(*maps)
         else:
-            new = self.conv(_relu(F, self.norm(x)))
+            y = self._recomputed(F, _call, *maps)
+        if self.has_bottleneck:
+            y = self.conv2(y)
         if self.drop_rate > 0:
-            new = F.Dropout(new, p=self.drop_rate)  # identity unless autograd is training
-        return new
+            y = F.Dropout(y, p=self.drop_rate)  # identity unless autograd is training
+        return y
+
+    def hybridize(self, active: bool = True, **kwargs: Any) -> None:
+        if not self.memory_efficient:
+            super().hybridize(active, **kwargs)
+            return
+        # A cached graph cannot hold the recomputation (a Python autograd.Function): the
+        # layer runs imperatively, the recomputed part and conv2 as graphs of their own.
+        self.recomputed.hybridize(active)
+        if self.has_bottleneck:
+            self.conv2.hybridize(active)
 # --8<-- [end:dense_layer]
 
 
@@ -203,6 +237,14 @@ class DenseBlock(gluon.HybridBlock):
                 setattr(self, f"denselayer{i}",
                         DenseLayer(spec, width, memory_efficient=memory_efficient))
         self.aligned = _block_aligned(spec, in_channels)
+        self.memory_efficient = memory_efficient
+
+    def hybridize(self, active: bool = True, **kwargs: Any) -> None:
+        if not self.memory_efficient:
+            super().hybridize(active, **kwargs)
+            return
+        for layer in self._children.values():  # imperative itself, see DenseLayer.hybridize
+            layer.hybridize(active, **kwargs)
 
     def hybrid_forward(self, F, x):
         maps = [x]
@@ -245,6 +287,7 @@ class DenseNet(gluon.HybridBlock):
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.spec = spec
+        self.memory_efficient = memory_efficient
         plan = spec.channel_plan
         with self.name_scope():
             # --8<-- [start:stem]
@@ -289,6 +332,19 @@ class DenseNet(gluon.HybridBlock):
 
     def hybrid_forward(self, F, x):
         return self.forward_head(self.forward_features(x))
+
+    def hybridize(self, active: bool = True, **kwargs: Any) -> None:
+        """Gluon's ``hybridize``; with ``memory_efficient``, each part of ``features`` and the
+        classifier get a cached graph of their own (the dense blocks: their layers'
+        recomputed parts, see :meth:`DenseLayer.hybridize`), which the network and
+        ``features`` run imperatively. ``static_alloc`` / ``static_shape`` are not passed
+        on then: each of these many graphs would keep its buffers allocated between
+        calls (measured: 30-100 MiB more at DenseNet-121 224, batch 16)."""
+        if not self.memory_efficient:
+            super().hybridize(active, **kwargs)
+            return
+        for part in (*self.features._children.values(), self.classifier):
+            part.hybridize(active)
 
     def forward_stages(self, x) -> dict[str, Any]:
         """Every stage of ``spec.stage_names`` for an NCHW ``NDArray`` batch: stem, block1,

@@ -142,9 +142,11 @@ def build(spec: DenseNetSpec, *, device: str | None = None, seed: int = 0,
     gets), its parameters in ``dtype`` ("float32" or "float64", Gluon's
     ``Block.cast``) on ``device`` ("cpu", "cuda", "cuda:N").
 
-    ``memory_efficient=True`` is accepted and computes the same numbers with the
-    same memory: MXNet 1.9 has no per-block recomputation (see
-    :class:`~densenet_multi.gluon.densenet.DenseLayer`). ``hybridize=True``
+    ``memory_efficient=True`` recomputes each dense layer's concatenation and first
+    BN-ReLU-conv (and second BN-ReLU) in the backward pass
+    (:class:`~densenet_multi.gluon.densenet.DenseLayer`): the same numbers (the
+    gradients to rounding), less stored memory; the layers then run imperatively,
+    their recomputed parts compiled by ``hybridize``. ``hybridize=True``
     compiles the network to a cached graph (the same numbers in eval mode; in
     train mode see :class:`~densenet_multi.gluon.layers.TwoPassBatchNorm`).
     """
@@ -217,6 +219,15 @@ def _trainable(net: DenseNet) -> list[tuple[str, gluon.Parameter]]:
     return out
 
 
+def _backward_done(net: DenseNet) -> None:
+    """Wait until a backward pass has written everything, before the running statistics
+    are read or written: a memory-efficient network's recomputations run on MXNet's
+    custom-operator thread and, hybridized, update their BN statistics there, after
+    ``backward()`` has returned (see :class:`~densenet_multi.gluon.layers.Recomputed`)."""
+    if net.memory_efficient:
+        nd.waitall()
+
+
 def _mean_cross_entropy(logits: nd.NDArray, labels: nd.NDArray) -> nd.NDArray:
     return gluon.loss.SoftmaxCrossEntropyLoss()(logits, labels).mean()
 
@@ -249,6 +260,7 @@ def run(net: DenseNet, x: Any, *, train: bool = False) -> ForwardOutput:
             stages = net.forward_stages(xd)
         logits = stages["logits"]
         autograd.grad(logits, [xd], head_grads=nd.zeros_like(logits), train_mode=True)
+        _backward_done(net)
         native = _running_snapshot(net)
         running = _canonical_running(net, before, xd.shape)
     finally:
@@ -280,6 +292,7 @@ def gradients(net: DenseNet, x: Any, labels: Any) -> GradOutput:
         with autograd.record(train_mode=True):
             loss = _mean_cross_entropy(net(xd), yd)
         grads = autograd.grad(loss, [p.data() for _, p in pairs] + [xd], train_mode=True)
+        _backward_done(net)
     finally:
         _write_running(net, before)
     return GradOutput(
@@ -310,6 +323,7 @@ def train_steps(net: DenseNet, batches: Iterable[tuple[Any, Any]], *, lr: float,
         with autograd.record(train_mode=True):
             loss = _mean_cross_entropy(net(xd), yd)
         loss.backward()
+        _backward_done(net)
         _write_running(net, _canonical_running(net, before, xd.shape))
         trainer.step(1)  # the loss is already a mean: no 1/batch_size rescaling
         losses.append(float(loss.asscalar()))

@@ -348,8 +348,9 @@ def test_bad_parameters_copy_nothing(case_cache):
 def test_plain_checkpoint_loads_into_a_memory_efficient_network(case_cache, name, tmp_path):
     """memory_efficient is a build/constructor option, not part of the spec: a checkpoint
     saved from a plain network loads into a memory-efficient one, with the same outputs,
-    running statistics and gradients. (In MXNet 1.9 the option recomputes nothing, so
-    the numbers are the very same.)"""
+    running statistics and gradients (the forward pass runs the same operators: bit for
+    bit; the gradients sum in another order: to the tolerance; see
+    test_gluon_memory_efficient.py)."""
     spec, params = case_cache(name)
     size, n = (64, 4) if spec.stem == "imagenet" else (16, 2)
     x = batch(spec, size, n=n, seed=7)
@@ -371,9 +372,11 @@ def test_plain_checkpoint_loads_into_a_memory_efficient_network(case_cache, name
                 np.testing.assert_array_equal(b.running[k], a.running[k], err_msg=k)
     ga, gb = G.gradients(plain, x, labels), G.gradients(eff, x, labels)
     assert gb.loss == ga.loss
-    for k in ga.params:
-        np.testing.assert_array_equal(gb.params[k], ga.params[k], err_msg=k)
-    np.testing.assert_array_equal(gb.input, ga.input)
+    # a conv bias before a BN (d2l's) has a zero gradient: rounding noise on either side
+    before_bn = ("conv.bias", "conv0.bias")
+    assert_all_close({k: v for k, v in gb.params.items() if not k.endswith(before_bn)},
+                     {k: v for k, v in ga.params.items() if not k.endswith(before_bn)}, "grad")
+    assert_close(gb.input, ga.input, "grad")
 
 
 def test_dropout_statistics():

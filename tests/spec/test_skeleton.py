@@ -94,7 +94,13 @@ FRAMEWORK_DIFFERENCES: dict[str, Framework] = {
     "gluon": Framework(
         call="hybrid_forward",
         init_var_keyword=True,
+        extra_methods={name: frozenset({"hybridize"})
+                       for name in ("DenseLayer", "DenseBlock", "DenseNet")},
         why="HybridBlock: hybrid_forward(F, ...) (MXNet 1.9); **kwargs carries prefix/params; "
+            "a cached graph cannot hold the memory-efficient recomputation (a Python "
+            "autograd.Function: MXNet 1.9 has no checkpointing), so with memory_efficient "
+            "DenseLayer, DenseBlock and DenseNet override hybridize() to compile the parts "
+            "around it; "
             "a block's inputs are positional arrays, so DenseLayer takes *maps; features is a "
             "HybridSequential and so holds relu0 like torch's; the two-pass train-mode "
             "BatchNorm lives in gluon/layers.py (MXNet's CPU kernel measured 10x less precise)",
