@@ -131,11 +131,8 @@ class ContextAllReduce:
 
 
 def _allreduce_forward(reduce: ContextAllReduce):
-    def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
+    def train_forward(self, F, x, gamma, beta, running_mean, running_var):
         kw = self._kwargs
-        if not autograd.is_training() or kw["use_global_stats"]:
-            return TwoPassBatchNorm.hybrid_forward(self, F, x, gamma, beta, running_mean,
-                                                   running_var)
         if F is not nd or kw["fix_gamma"] or kw["axis"] != 1 or x.ndim != 4:
             raise ValueError("the all-reduce BatchNorm runs imperatively (not hybridized) on "
                              "NCHW batches with a learned gamma")
@@ -152,27 +149,33 @@ def _allreduce_forward(reduce: ContextAllReduce):
             running_var[:] = m * running_var + (1 - m) * var
         return y
 
-    return hybrid_forward
+    return train_forward
 
 
 def _sync_operator_forward(ndev: int):
-    def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
+    def train_forward(self, F, x, gamma, beta, running_mean, running_var):
         kw = self._kwargs
-        if not autograd.is_training() or kw["use_global_stats"]:
-            return TwoPassBatchNorm.hybrid_forward(self, F, x, gamma, beta, running_mean,
-                                                   running_var)
         return F.contrib.SyncBatchNorm(x, gamma, beta, running_mean, running_var,
                                        eps=kw["eps"], momentum=kw["momentum"],
                                        fix_gamma=kw["fix_gamma"], use_global_stats=False,
                                        ndev=ndev, key=self.prefix)
 
-    return hybrid_forward
+    return train_forward
 
 
-def _patch_batchnorm(net: gluon.Block, forward) -> gluon.Block:
+def _patch_batchnorm(net: gluon.Block, train_forward) -> gluon.Block:
+    """Make every :class:`TwoPassBatchNorm` of ``net`` compute ``train_forward`` when it
+    normalises with batch statistics (train mode, not ``use_global_stats``), and its own
+    forward otherwise."""
+    def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
+        if not autograd.is_training() or self._kwargs["use_global_stats"]:
+            return TwoPassBatchNorm.hybrid_forward(self, F, x, gamma, beta, running_mean,
+                                                   running_var)
+        return train_forward(self, F, x, gamma, beta, running_mean, running_var)
+
     def visit(block: gluon.Block) -> None:
         if isinstance(block, TwoPassBatchNorm):
-            block.hybrid_forward = types.MethodType(forward, block)
+            block.hybrid_forward = types.MethodType(hybrid_forward, block)
         for child in block._children.values():
             visit(child)
 
