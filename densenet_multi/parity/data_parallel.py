@@ -106,24 +106,10 @@ def run_arrays(mode: str, run: tuple[list[float], Mapping[str, np.ndarray],
     return arrays
 
 
-def gpu_count(backend: str) -> int:
-    """GPUs the backend's framework sees (in its environment)."""
-    if backend == "torch":
-        import torch
-
-        return torch.cuda.device_count()
-    import jax
-
-    try:
-        return len(jax.devices("gpu"))
-    except RuntimeError:  # "Unknown backend: 'gpu' requested, but no platforms ..."
-        return 0
-
-
 def worker(backend: str, case_dir: str | Path, device: str = "cpu") -> Path:
     """In the backend's environment: both runs of one backend on ``device``, written to its
     result file."""
-    if device == "cuda" and gpu_count(backend) == 0:
+    if device == "cuda" and "cuda" not in importlib.import_module(BACKENDS[backend][0]).devices():
         raise SystemExit(f"not available: {backend} sees no GPU (CUDA_VISIBLE_DEVICES="
                          f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r})")
     folder = CaseFolder(case_dir)
@@ -297,12 +283,13 @@ def gpu_line(device: str) -> str:
             "and JAX steps run there with `--device cuda`.")
 
 
-def render(rows: Sequence[Row], case: Case, device: str = "cpu") -> str:
+def render(rows: Sequence[Row], case: Case, device: str = "cpu", gpu: str | None = None) -> str:
+    """The report; ``gpu``: what it says of GPUs (default :func:`gpu_line` of ``device``)."""
     h, w = case.input_size
     lines = [f"# {case.describe()}", "",
              f"{REPLICAS} replicas ({'GPUs' if device == 'cuda' else 'CPU'}), {case.steps} SGD "
              f"steps, global batch {case.batch} ({case.batch // REPLICAS} per replica), {h}x{w}",
-             "", gpu_line(device), "",
+             "", gpu if gpu is not None else gpu_line(device), "",
              "| backend | run | against | dtype | losses | params | running | worst tensor "
              "| tol | status | s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -370,12 +357,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{b}: {e}", file=sys.stderr)
             continue
         rows += compare_backend(b, result, preds)
-    text = render(rows, case, args.device)
+    gpu = gpu_line(args.device)
+    text = render(rows, case, args.device, gpu)
     for b, why in failed.items():
         text += f"\n{b}: the worker failed\n```\n{why}\n```\n"
     write_text_atomic(Path(args.out) / "report.md", text)
     write_text_atomic(Path(args.out) / "report.json", json.dumps(
-        {"case": case.to_dict(), "device": args.device, "gpu": gpu_line(args.device),
+        {"case": case.to_dict(), "device": args.device, "gpu": gpu,
          "rows": [asdict(r) | {"ok": r.ok} for r in rows], "failed": failed}, indent=1))
     print(text)
     return 0 if rows and not failed and all(r.ok is not False for r in rows) else 1
