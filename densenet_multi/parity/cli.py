@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
                    help="seconds per worker (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=1,
-                   help="workers to run at a time (default: %(default)s)")
+                   help="workers to run at a time, each with its share of the cores; a backend "
+                        "that took most of the baseline run's time is split over several "
+                        "(default: %(default)s)")
     p.add_argument("--require-all", action="store_true",
                    help="pass only if every requested item was decided and passed: a missing "
                         "backend, an unsupported or skipped check, an ill-conditioned, unpaired "
@@ -121,8 +123,22 @@ def _baseline_path(args: argparse.Namespace) -> Path | None:
     return None
 
 
-def _run(args: argparse.Namespace, cases: list, backends: list, pythons: dict, console) -> Any:
-    kw = dict(pythons=pythons, allow_tf32=args.allow_tf32, timeout=args.timeout, jobs=args.jobs)
+def _worker_seconds(baseline: dict | None) -> dict[str, float]:
+    """Each backend's main-phase worker seconds in the ``baseline`` run: what this run's
+    workers are planned with (:func:`.runner.plan_workers`)."""
+    out = {}
+    for b, info in ((baseline or {}).get("backends") or {}).items():
+        try:
+            out[b] = float(info["workers"]["main"]["seconds"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def _run(args: argparse.Namespace, cases: list, backends: list, pythons: dict, console,
+         baseline: dict | None = None) -> Any:
+    kw = dict(pythons=pythons, allow_tf32=args.allow_tf32, timeout=args.timeout, jobs=args.jobs,
+              expected_seconds=_worker_seconds(baseline))
     if args.no_progress:
         return run_parity(cases, backends, Path(args.out), **kw)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -184,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "(commit a baseline run, or pass --baseline PATH)", style="yellow",
                       markup=False)
     t0 = time.perf_counter()
-    result = _run(args, cases, backends, pythons, console)
+    result = _run(args, cases, backends, pythons, console, baseline)
     from .compare import compare_run
     from .report import baseline_fields, exit_status, render_terminal, write_reports
 

@@ -25,14 +25,16 @@ the timeout is CRASHED / TIMEOUT with the tail of its log. The others still run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,11 @@ COMMON_ENV = {
     "TF_ENABLE_ONEDNN_OPTS": "0",
 }
 DEFAULT_TIMEOUT_S = 1800.0
+#: The variables that size a worker's compute thread pools (OpenMP: PyTorch, MXNet;
+#: the BLAS libraries numpy links; TensorFlow's intra- and inter-op pools). XLA's
+#: CPU pool has no variable: its flag is added to XLA_FLAGS (:func:`thread_env`).
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+               "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 #: The module whose attribute ``B`` runs backend B's exported ONNX graph (``onnx-B``).
 ONNX_TARGETS = "densenet_multi.export.ort_backend"
 
@@ -92,9 +99,30 @@ class WorkerOutcome:
     log: str = ""
     log_tail: str = ""
     versions: dict[str, str] = field(default_factory=dict)
+    #: when the backend's cases ran in several workers: each one's cases, status, seconds, log
+    shards: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+#: Worker statuses, the worst first: the one a backend's shards report together.
+_SEVERITY = ("missing", "timeout", "crashed", "ok")
+
+
+def merge_outcomes(outs: Sequence[WorkerOutcome], cases: Sequence[Sequence[str]]
+                   ) -> WorkerOutcome:
+    """One backend's outcome from its shards' (``cases``: each shard's case folders): the
+    worst status with its reason and log tail, the shards' seconds added up."""
+    if len(outs) == 1:
+        return outs[0]
+    worst = min(outs, key=lambda o: _SEVERITY.index(o.status))
+    return replace(
+        worst, seconds=round(sum(o.seconds for o in outs), 2),
+        reason="; ".join(dict.fromkeys(o.reason for o in outs if o.reason)),
+        versions=next((o.versions for o in outs if o.versions), {}),
+        shards=[{"cases": list(c), "status": o.status, "seconds": o.seconds, "log": o.log}
+                for o, c in zip(outs, cases, strict=True)])
 
 
 @dataclass
@@ -195,11 +223,40 @@ def prepare_run(run_dir: Path, cases: Sequence[Case], *, reference: bool = True
 
 
 # ---------------------------------------------------------------------- workers
+def thread_budget(jobs: int, cpus: int | None = None) -> int | None:
+    """Compute threads per worker when ``jobs`` workers run at a time: the cores shared
+    out (at least one), or None for one worker at a time (each framework's default).
+
+    Every framework sizes its pool to the whole machine, and OpenMP's threads spin
+    while they wait: two workers of two threads each on two cores measured 4.5x
+    slower for the PyTorch worker (130 s against 29 s for the default cases, the
+    machine otherwise loaded the same) than one thread each."""
+    if jobs <= 1:
+        return None
+    if cpus is None:
+        cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                else os.cpu_count() or 1)
+    return max(1, cpus // jobs)
+
+
+def thread_env(threads: int | None, env: Mapping[str, str]) -> dict[str, str]:
+    """The variables that give a process ``threads`` compute threads, leaving any the
+    user set alone (None: no change)."""
+    if threads is None:
+        return {}
+    out = {v: str(threads) for v in THREAD_VARS if v not in env}
+    flags = env.get("XLA_FLAGS", "")
+    if threads == 1 and "xla_cpu_multi_thread_eigen" not in flags:
+        out["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
+    return out
+
+
 def worker_env(name: str, devices: Sequence[str], allow_tf32: bool,
-               root: Path | None) -> dict[str, str]:
+               root: Path | None, threads: int | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(COMMON_ENV)
     env.update(BACKEND_ENV.get(env_backend(name), {}))
+    env.update(thread_env(threads, env))
     # Make this densenet_multi (a source checkout: the working tree) win over
     # the copy installed in the backend's environment. An installed package's
     # site-packages is never put on another interpreter's path.
@@ -256,10 +313,10 @@ class _EventReader:
 
 def _worker_command(backend: BackendTarget, python: str, run: RunFolder, case_dirs: Sequence[str],
                     phase: str, devices: Sequence[str], sources: Sequence[str],
-                    allow_tf32: bool) -> list[str]:
+                    allow_tf32: bool, events: Path) -> list[str]:
     cmd = [python, "-m", "densenet_multi.parity.worker", "--backend", backend.name,
            "--run-dir", str(run.path), "--cases", ",".join(case_dirs), "--phase", phase,
-           "--devices", ",".join(devices), "--events", str(run.worker_events(backend.name, phase))]
+           "--devices", ",".join(devices), "--events", str(events)]
     if backend.target:
         cmd += ["--target", backend.target]
     if sources:
@@ -296,6 +353,22 @@ def _wait(proc: subprocess.Popen, pump: Callable[[], None], timeout: float) -> b
     return False
 
 
+def _flax_compile_env(env: dict[str, str], root: Path) -> None:
+    """The Flax worker's compilation settings, added to ``env``."""
+    # JAX's persistent compilation cache, beside the runs: most of the Flax worker's
+    # time is XLA compiling the networks, the same programs in every run (the cache
+    # is keyed on the program, the jax/XLA versions and the flags).
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(root / "parity" / "runs" / ".jax-cache"))
+    # ... and XLA without LLVM's expensive optimisation passes: the checks' batches are
+    # tiny, so compiling is the time; measured cold on float64 DenseNet-BC-100 (8x32x32)
+    # and DenseNet-121 (2x224x224): the gradient program compiles in 26 s / 32 s
+    # instead of 57 s / 41 s, the forward ones in about half the time, and the compiled
+    # gradient runs no slower (1.8 s vs 4.5 s, under load).
+    flags = env.get("XLA_FLAGS", "")
+    if "xla_llvm_disable_expensive_passes" not in flags:
+        env["XLA_FLAGS"] = (flags + " --xla_llvm_disable_expensive_passes=true").strip()
+
+
 def run_worker(
     backend: BackendTarget,
     python: str,
@@ -309,38 +382,39 @@ def run_worker(
     timeout: float = DEFAULT_TIMEOUT_S,
     root: Path | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    threads: int | None = None,
+    shard: str = "",
 ) -> WorkerOutcome:
-    """Run one worker to completion (or timeout), feeding its progress events to ``on_event``."""
+    """Run one worker to completion (or timeout), feeding its progress events to ``on_event``.
+
+    ``threads``: compute threads for the worker (:func:`thread_budget`; None: the
+    frameworks' defaults). ``shard``: a suffix for this worker's log and events files,
+    when several workers of one backend run at once, each on some of the cases (the
+    caller then clears the backend's "missing" file, once, before starting them)."""
     run = RunFolder(run_dir)
     run.create()
-    log = run.worker_log(backend.name, phase)
-    for f in (run.worker_events(backend.name, phase), run.worker_missing(backend.name)):
+    label = phase + shard
+    log = run.worker_log(backend.name, label)
+    stale = [run.worker_events(backend.name, label)]
+    if not shard:
+        stale.append(run.worker_missing(backend.name))
+    for f in stale:
         f.unlink(missing_ok=True)
     out = WorkerOutcome(backend.name, phase, "ok", python=python, log=str(log))
     if not python or not Path(python).exists():
         return _no_interpreter(backend, python, out)
-    cmd = _worker_command(backend, python, run, case_dirs, phase, devices, sources, allow_tf32)
-    env = worker_env(backend.name, devices, allow_tf32, root)
+    events = run.worker_events(backend.name, label)
+    cmd = _worker_command(backend, python, run, case_dirs, phase, devices, sources, allow_tf32,
+                          events)
+    env = worker_env(backend.name, devices, allow_tf32, root, threads)
     if backend.name == "flax" and root is not None:
-        # JAX's persistent compilation cache, beside the runs: most of the Flax worker's
-        # time is XLA compiling the networks, the same programs in every run (the cache
-        # is keyed on the program, the jax/XLA versions and the flags).
-        env.setdefault("JAX_COMPILATION_CACHE_DIR", str(root / "parity" / "runs" / ".jax-cache"))
-        # ... and XLA without LLVM's expensive optimisation passes: the checks' batches are
-        # tiny, so compiling is the time; measured cold on float64 DenseNet-BC-100 (8x32x32)
-        # and DenseNet-121 (2x224x224): the gradient program compiles in 26 s / 32 s
-        # instead of 57 s / 41 s, the forward ones in about half the time, and the compiled
-        # gradient runs no slower (1.8 s vs 4.5 s, under load).
-        flags = env.get("XLA_FLAGS", "")
-        if "xla_llvm_disable_expensive_passes" not in flags:
-            env["XLA_FLAGS"] = (flags + " --xla_llvm_disable_expensive_passes=true").strip()
+        _flax_compile_env(env, root)
     t0 = time.perf_counter()
     with open(log, "w") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, cwd=str(root or Path.cwd()),
                                 env=env, start_new_session=True)
-        timed_out = _wait(proc, _EventReader(run.worker_events(backend.name, phase), out,
-                                             on_event), timeout)
+        timed_out = _wait(proc, _EventReader(events, out, on_event), timeout)
     out.seconds = round(time.perf_counter() - t0, 2)
     out.returncode = proc.returncode
     out.log_tail = _tail(log)
@@ -357,29 +431,93 @@ def run_worker(
     return out
 
 
-def _start_references(dirs: Sequence[Path]) -> tuple[Any, list[Any]]:
-    """Submit every case's reference to one background process (inline if that fails)."""
+def _start_references(dirs: Sequence[Path], threads: int | None = None
+                      ) -> tuple[Any, list[Any]]:
+    """Submit every case's reference to one background process (inline if that fails),
+    its BLAS limited to ``threads`` (its environment when it starts: the process is
+    spawned by the first submit)."""
     try:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         ctx = multiprocessing.get_context("spawn")  # no fork of a threaded parent
         pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx)
-        return pool, [pool.submit(reference_job, str(d)) for d in dirs]
+        with _environ(thread_env(threads, os.environ)):
+            return pool, [pool.submit(reference_job, str(d)) for d in dirs]
     except (OSError, ImportError, NotImplementedError):  # pragma: no cover - no processes
         return None, [lambda d=d: reference_job(str(d)) for d in dirs]
 
 
-def _each(fn: Callable[[BackendTarget], None], backends: Sequence[BackendTarget],
-          jobs: int) -> None:
-    if jobs <= 1 or len(backends) <= 1:
-        for b in backends:
-            fn(b)
+@contextlib.contextmanager
+def _environ(changes: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``changes`` for the block (for a child process started in it)."""
+    saved = {k: os.environ.get(k) for k in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def case_cost(case: Case) -> int:
+    """A worker's time on ``case``, relative to its other cases, to balance shards: the
+    network's dense layers (compiling and running scale with them), three times over
+    with a gradient (the backward pass), once more with a trajectory."""
+    return sum(case.build_spec().block_config) * (1 + 2 * case.has("grad")
+                                                   + case.has("trajectory"))
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """One main-phase worker: a backend, the indices of its cases, its shard suffix
+    ("" when the backend runs in one worker) and its expected share of the work."""
+
+    backend: BackendTarget
+    cases: tuple[int, ...]
+    shard: str
+    cost: float
+
+
+def plan_workers(backends: Sequence[BackendTarget], cases: Sequence[Case], jobs: int,
+                 seconds: Mapping[str, float] | None = None) -> list[WorkerPlan]:
+    """The main phase's workers, the longest first, for ``jobs`` at a time.
+
+    ``seconds``: each backend's expected time for all the cases (the baseline run's
+    worker seconds; a backend without one counts as the average). With ``jobs`` > 1,
+    a backend expected to take over half of a slot's fair share (the sum over
+    ``jobs``) runs its cases in ``jobs`` workers, the cases dealt out by
+    :func:`case_cost`, longest first, each to the least loaded: its time would
+    otherwise be the whole run's."""
+    known = [v for v in (seconds or {}).values() if v > 0]
+    default = sum(known) / len(known) if known else 1.0
+    weight = {b.name: (seconds or {}).get(b.name) or default for b in backends}
+    total = sum(weight.values())
+    costs = [case_cost(c) for c in cases]
+    plans = []
+    for b in backends:
+        n = jobs if jobs > 1 and len(cases) > 1 and weight[b.name] > total / (2 * jobs) else 1
+        groups: list[list[int]] = [[] for _ in range(min(n, len(cases)))]
+        for i in sorted(range(len(cases)), key=lambda i: -costs[i]):
+            min(groups, key=lambda g: sum(costs[j] for j in g)).append(i)
+        for k, g in enumerate(groups):
+            plans.append(WorkerPlan(b, tuple(sorted(g)), f"-{k + 1}" if len(groups) > 1 else "",
+                                    weight[b.name] * sum(costs[j] for j in g) / sum(costs)))
+    return sorted(plans, key=lambda p: -p.cost) if jobs > 1 else plans
+
+
+def _each(fn: Callable[[Any], None], items: Sequence[Any], jobs: int) -> None:
+    if jobs <= 1 or len(items) <= 1:
+        for item in items:
+            fn(item)
         return
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for f in [pool.submit(fn, b) for b in backends]:
+        for f in [pool.submit(fn, item) for item in items]:
             f.result()
 
 
@@ -454,18 +592,51 @@ class _Run:
     timeout: float
     progress: _Progress
     outcomes: dict[str, dict[str, WorkerOutcome]]
+    threads: int | None = None
 
-    def main_phase(self, b: BackendTarget) -> None:
+    def main_phase(self, plans: Sequence[WorkerPlan], jobs: int) -> None:
+        """Every planned worker, ``jobs`` at a time; a backend's outcome once all of its
+        shards are done."""
+        shards: dict[str, list[WorkerPlan]] = {}
+        for p in plans:
+            shards.setdefault(p.backend.name, []).append(p)
+        for name, ps in shards.items():
+            if len(ps) > 1:  # its workers run at once: clear the "missing" file before
+                RunFolder(self.run_dir).worker_missing(name).unlink(missing_ok=True)
+        done: dict[str, dict[str, WorkerOutcome]] = {name: {} for name in shards}
+        lock = threading.Lock()
+
+        def one(p: WorkerPlan) -> None:
+            out = self._worker(p)
+            with lock:
+                done[p.backend.name][p.shard] = out
+                if len(done[p.backend.name]) < len(shards[p.backend.name]):
+                    return
+            self._finished(p.backend, shards[p.backend.name], done[p.backend.name])
+
+        _each(one, plans, jobs)
+
+    def _worker(self, p: WorkerPlan) -> WorkerOutcome:
+        b = p.backend
         self.progress.update(b.name, description=f"{b.name}: starting")
         python, origin = self.resolved[b.name]
-        out = run_worker(b, python, self.run_dir, self.names, devices=self.devices,
-                         allow_tf32=self.allow_tf32, timeout=self.timeout, root=self.root,
-                         on_event=self.progress.listener(b.name))
+        out = run_worker(b, python, self.run_dir, [self.names[i] for i in p.cases],
+                         devices=self.devices, allow_tf32=self.allow_tf32,
+                         timeout=self.timeout, root=self.root, threads=self.threads,
+                         shard=p.shard, on_event=self.progress.listener(b.name))
         if out.status == "missing" and not python:
             out.reason = origin
-        self.outcomes[b.name]["main"] = out
-        self.progress.update(b.name, completed=self.progress.total,
-                             description=f"{b.name}: {out.status} ({out.seconds:.0f} s)")
+        return out
+
+    def _finished(self, b: BackendTarget, plans: Sequence[WorkerPlan],
+                  outs: Mapping[str, WorkerOutcome]) -> None:
+        """A backend's outcome, from its workers' (one, or its shards)."""
+        merged = merge_outcomes([outs[p.shard] for p in plans],
+                                [[self.names[i] for i in p.cases] for p in plans])
+        self.outcomes[b.name]["main"] = merged
+        each = " + ".join(f"{q['seconds']:.0f}" for q in merged.shards)
+        self.progress.update(b.name, completed=self.progress.total, description=(
+            f"{b.name}: {merged.status} ({each or f'{merged.seconds:.0f}'} s)"))
 
     def copy_phase(self, backends: Sequence[BackendTarget], jobs: int) -> None:
         """Phase 2 of the copy check: every backend loads every other backend's export."""
@@ -480,7 +651,7 @@ class _Run:
             self.outcomes[b.name]["copy"] = run_worker(
                 b, self.resolved[b.name][0], self.run_dir, self.copy_names, phase="copy",
                 sources=[s for s in with_exports if s != b.name], timeout=self.timeout,
-                root=self.root)
+                root=self.root, threads=self.threads)
             self.progress.copying(b.name, done=True)
 
         _each(one, [b for b in backends if self.outcomes[b.name]["main"].status == "ok"], jobs)
@@ -496,26 +667,33 @@ def run_parity(
     timeout: float = DEFAULT_TIMEOUT_S,
     progress: Any = None,
     jobs: int = 1,
+    expected_seconds: Mapping[str, float] | None = None,
 ) -> RunResult:
     """Prepare the run folder, run every backend's worker (main phase, then the
     copy phase), and return what happened. ``progress`` is an optional
-    :class:`rich.progress.Progress` to show the workers' progress in; ``jobs``
-    workers run at a time (default one: the frameworks use every core anyway)."""
+    :class:`rich.progress.Progress` to show the workers' progress in.
+
+    ``jobs`` workers run at a time (default one: the frameworks use every core
+    anyway), each with its share of the cores (:func:`thread_budget`), the longest
+    first, a backend that would take most of the run split over several
+    (:func:`plan_workers`, with ``expected_seconds``: each backend's time in an
+    earlier run, the baseline's)."""
     t0 = time.perf_counter()
     run_dir = Path(run_dir).resolve()
     root = find_project_root()
     case_dirs = prepare_run(run_dir, cases, reference=False)
+    threads = thread_budget(jobs)
     # The float64 reference (minutes for the default cases: the conditioning
     # probes run the reference gradient and trajectory twice) is computed in a
     # process of its own while the workers run; only the comparison needs it.
     bars = _Progress(progress, backends, cases)
-    pool, futures = _start_references([case_dirs[c.name] for c in cases])
+    pool, futures = _start_references([case_dirs[c.name] for c in cases], threads)
     run = _Run(run_dir, root, [case_dirs[c.name].name for c in cases],
                [case_dirs[c.name].name for c in cases if c.has("copy")],
                ["cpu"] + (["cuda"] if any(c.device == "cuda" for c in cases) else []),
                {b.name: resolve_python(b.name, pythons, root) for b in backends},
-               allow_tf32, timeout, bars, {b.name: {} for b in backends})
-    _each(run.main_phase, backends, jobs)
+               allow_tf32, timeout, bars, {b.name: {} for b in backends}, threads)
+    run.main_phase(plan_workers(backends, cases, jobs, expected_seconds), jobs)
     run.copy_phase(backends, jobs)
     for f in futures:
         f.result() if pool is not None else f()
