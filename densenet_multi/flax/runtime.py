@@ -363,10 +363,18 @@ def make_optimizer(model: DenseNet, lr: float, momentum: float) -> nnx.Optimizer
     the model's device. (optax creates the step counter uncommitted; after the first
     jitted update it is committed, and jit would compile the step a second time.)
     The momentum buffers are in the model's dtype (float64 ones are made under x64)."""
-    optimizer = nnx.Optimizer(model, sgd(lr, momentum), wrt=nnx.Param)
+    optimizer = _new_optimizer(model, sgd(lr, momentum))
     device = model_device(model)
     nnx.update(optimizer, jax.device_put(nnx.state(optimizer, nnx.OptState), device))
     return optimizer
+
+
+@functools.partial(nnx.jit, static_argnums=1)
+def _new_optimizer(model: DenseNet, tx: optax.GradientTransformation) -> nnx.Optimizer:
+    """``nnx.Optimizer`` made in one compiled program: eagerly, optax's ``init`` makes
+    each momentum buffer with its own small XLA program, one per parameter shape (78
+    of them, 3.9 s, for DenseNet-40; measured with ``jax_log_compiles``)."""
+    return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
 @contextlib.contextmanager
