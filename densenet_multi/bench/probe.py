@@ -54,9 +54,19 @@ __all__ = ["MODES", "OFFICIAL", "WHAT", "Config", "peak_rss_mib", "measure", "ma
 #: backend -> its modes, the first being the default
 MODES: dict[str, tuple[str, ...]] = {
     "torch": ("eager", "channels_last", "compile"),
-    "flax": ("jit",),
+    "flax": ("jit", "jit_eigen"),
     "keras": ("graph", "xla"),
     "gluon": ("hybridized",),
+}
+#: XLA flags of a Flax mode, added to XLA_FLAGS before JAX starts (a fresh process per
+#: configuration). ``jit_eigen``: XLA's own (Eigen) convolutions instead of the YNNPACK
+#: fusions it picks by default on this CPU, which run each convolution on one thread
+#: (`python -m densenet_multi.bench.kernels --profile`: 92% of an inference step's op
+#: time in ``ynn_fusion``, 1.17 of 2 cores busy); measured, DenseNet-121 224 batch 8:
+#: inference 11.4 -> 19.1 img/s, training step 2.0 -> 4.0 img/s.
+FLAX_XLA_FLAGS: dict[str, str] = {
+    "jit": "",
+    "jit_eigen": "--xla_cpu_experimental_ynn_fusion_type=-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
 }
 #: backend -> the official DenseNet a user of that framework would pick (None: there is none)
 OFFICIAL: dict[str, str | None] = {
@@ -255,6 +265,8 @@ def _torch(cfg: Config, spec: Any, x: np.ndarray, y: np.ndarray, mark: Callable[
 
 def _flax(cfg: Config, spec: Any, x: np.ndarray, y: np.ndarray, mark: Callable[[str], None]
           ) -> tuple[Callable[[], Any], dict[str, Any]]:
+    if flags := FLAX_XLA_FLAGS[cfg.mode]:  # read when JAX starts its CPU backend
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
     import jax
     from flax import nnx
 

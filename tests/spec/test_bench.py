@@ -34,7 +34,7 @@ def test_plan_pairs_each_backend_with_its_reference():
     # the Gluon zoo's fixed 7x7 head: no reference at 32x32, and the row says why
     g = by["gluon hybridized densenet_bc_100_k12@32 b8 train"]
     assert g.reference is None and "no official gluon" in g.note
-    assert len(pairs) == (3 + 1 + 1) * 2 * 2
+    assert len(pairs) == (3 + 2 + 1) * 2 * 2  # torch 3 modes, flax 2, gluon 1
     mem = memory_plan(["torch", "keras"], "densenet121", 224, 16, 10, 3)
     assert [(p.ours.backend, p.ours.memory_efficient, p.reference is not None) for p in mem] == [
         ("torch", False, True), ("torch", True, True), ("keras", False, True), ("keras", True, False)]
