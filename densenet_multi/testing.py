@@ -33,10 +33,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["TOLERANCES", "Comparison", "compare", "assert_close", "assert_all_close", "tolerance"]
+__all__ = ["TOLERANCES", "Comparison", "compare", "assert_close", "assert_all_close", "tolerance",
+           "conv_kinds"]
 
 #: (check, dtype) -> max allowed ``max|a-b| / max|b|``.
 TOLERANCES: dict[tuple[str, str], float] = {
@@ -153,3 +155,28 @@ def assert_all_close(actual: Mapping[str, np.ndarray], expected: Mapping[str, np
             f"{len(failures)} of {len(out)} {check} comparisons fail; first: {failures[0]}; "
             f"worst: {worst}")
     return out
+
+
+def conv_kinds(spec: Any) -> tuple[dict[str, int], list[tuple[int, ...]]]:
+    """(count per kind: stem, bottleneck, growth, transition; sorted OIHW kernel shapes) of
+    ``spec``'s convolutions, read from the canonical parameter table (its names and
+    shapes): an independent count for anything that lists the network's convolutions."""
+    from collections import Counter
+
+    from .params import param_table
+
+    kinds: Counter[str] = Counter()
+    shapes = []
+    for p in param_table(spec):
+        if p.kind != "conv_weight":
+            continue
+        if p.name == "features.conv0.weight":
+            kinds["stem"] += 1
+        elif p.name.startswith("features.transition"):
+            kinds["transition"] += 1
+        elif p.name.endswith(".conv1.weight"):  # conv1 is always a bottleneck (params docs)
+            kinds["bottleneck"] += 1
+        else:  # conv2 of a bottleneck layer, or the conv of a plain layer: the 3x3
+            kinds["growth"] += 1
+        shapes.append(tuple(p.shape))
+    return {k: kinds[k] for k in ("stem", "bottleneck", "growth", "transition")}, sorted(shapes)

@@ -6,7 +6,6 @@ each alone and in one program. No timed assertion."""
 from __future__ import annotations
 
 import json
-from collections import Counter
 
 import pytest
 
@@ -15,26 +14,7 @@ pytest.importorskip("flax.nnx")
 from flax_cases import tiny_spec  # noqa: E402
 
 from densenet_multi.bench import kernels, probe  # noqa: E402
-from densenet_multi.params import param_table  # noqa: E402
-
-
-def spec_convs(spec):
-    """(kind counts, sorted OIHW kernel shapes) of the spec's convolutions, read from the
-    canonical parameter table (its names and shapes), not from the kernels module."""
-    kinds, shapes = Counter(), []
-    for p in param_table(spec):
-        if p.kind != "conv_weight":
-            continue
-        if p.name == "features.conv0.weight":
-            kinds["stem"] += 1
-        elif p.name.startswith("features.transition"):
-            kinds["transition"] += 1
-        elif p.name.endswith(".conv1.weight"):  # conv1 is always a bottleneck (params docs)
-            kinds["bottleneck"] += 1
-        else:  # conv2 of a bottleneck layer, or the conv of a plain layer: the 3x3
-            kinds["growth"] += 1
-        shapes.append(tuple(p.shape))
-    return {k: kinds[k] for k in kernels.KINDS}, sorted(shapes)
+from densenet_multi.testing import conv_kinds  # noqa: E402
 
 
 def check_result(data, spec, size, batch):
@@ -43,7 +23,7 @@ def check_result(data, spec, size, batch):
     for part in data["parts"].values():
         assert 0 < part["ms_min"] <= part["ms_median"] <= part["ms_max"] and part["cores_busy"] > 0
     assert set(data["first_seconds"]) == set(data["parts"])
-    counts, shapes = spec_convs(spec)
+    counts, shapes = conv_kinds(spec)
     assert {k: v["count"] for k, v in data["kinds"].items()} == counts
     assert sorted((c["cout"], c["cin"], c["kernel"], c["kernel"]) for c in data["convs"]) == shapes
     assert sum(k["ms_median"] for k in data["kinds"].values() if k["count"]) == pytest.approx(

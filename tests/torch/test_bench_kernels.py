@@ -6,36 +6,16 @@ from __future__ import annotations
 
 import copy
 import json
-from collections import Counter
 
 import pytest
 
 from densenet_multi.bench import kernels
-from densenet_multi.params import param_table
 from densenet_multi.spec import get_spec
+from densenet_multi.testing import conv_kinds
 
 pytest.importorskip("torch")
 
 ARGS = ["--preset", "d2l", "--size", "32", "--batch", "2", "--steps", "1", "--warmup", "0"]
-
-
-def spec_convs(spec):
-    """(kind counts, sorted OIHW kernel shapes) of the spec's convolutions, read from the
-    canonical parameter table (its names and shapes), not from the kernels module."""
-    kinds, shapes = Counter(), []
-    for p in param_table(spec):
-        if p.kind != "conv_weight":
-            continue
-        if p.name == "features.conv0.weight":
-            kinds["stem"] += 1
-        elif p.name.startswith("features.transition"):
-            kinds["transition"] += 1
-        elif p.name.endswith(".conv1.weight"):  # conv1 is always a bottleneck (params docs)
-            kinds["bottleneck"] += 1
-        else:  # conv2 of a bottleneck layer, or the conv of a plain layer: the 3x3
-            kinds["growth"] += 1
-        shapes.append(tuple(p.shape))
-    return {k: kinds[k] for k in kernels.KINDS}, sorted(shapes)
 
 
 def check_result(data, spec, size, batch, what):
@@ -44,7 +24,7 @@ def check_result(data, spec, size, batch, what):
     for part in data["parts"].values():
         assert 0 < part["ms_min"] <= part["ms_median"] <= part["ms_max"]
         assert part["cores_busy"] > 0
-    counts, shapes = spec_convs(spec)
+    counts, shapes = conv_kinds(spec)
     assert {k: v["count"] for k, v in data["kinds"].items()} == counts
     assert sorted((c["cout"], c["cin"], c["kernel"], c["kernel"]) for c in data["convs"]) == shapes
     assert len(data["convs"]) == sum(counts.values()) and all(c["ms_median"] > 0 for c in data["convs"])
