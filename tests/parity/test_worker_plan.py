@@ -123,3 +123,23 @@ def test_a_failing_sharded_backend_fails_as_a_whole(tmp_path, backend, status):
     if status == "missing":
         assert "no_such_module_x" in o.reason
     assert cell(ccs["a"], "eval", backend).status == status
+
+
+def _thread_settings(_case_dir: str) -> tuple[str | None, str | None]:
+    """Stands in for the reference job in a spawned process: what it was started with."""
+    return os.environ.get("OMP_NUM_THREADS"), os.environ.get("OPENBLAS_NUM_THREADS")
+
+
+def test_the_reference_process_starts_with_the_thread_budget(monkeypatch):
+    from densenet_multi.parity import runner
+
+    monkeypatch.setattr(runner, "reference_job", _thread_settings)
+    expected = tuple(os.environ.get(v, "1") for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
+    before = dict(os.environ)
+    pool, futures = runner._start_references(["case"], 1)
+    try:
+        assert futures[0].result(timeout=120) == expected
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    assert dict(os.environ) == before  # the harness's own environment is put back
