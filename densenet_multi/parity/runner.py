@@ -245,10 +245,18 @@ def thread_env(threads: int | None, env: Mapping[str, str]) -> dict[str, str]:
     if threads is None:
         return {}
     out = {v: str(threads) for v in THREAD_VARS if v not in env}
-    flags = env.get("XLA_FLAGS", "")
-    if threads == 1 and "xla_cpu_multi_thread_eigen" not in flags:
-        out["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
+    if threads == 1:
+        flags = with_xla_flag(env.get("XLA_FLAGS", ""), "--xla_cpu_multi_thread_eigen=false")
+        if flags != env.get("XLA_FLAGS", ""):
+            out["XLA_FLAGS"] = flags
     return out
+
+
+def with_xla_flag(flags: str, flag: str) -> str:
+    """``flags`` (an XLA_FLAGS value) with ``--name=value`` added, unless it already
+    sets that name (the user's own value wins)."""
+    name = flag.split("=", 1)[0]
+    return flags if name in flags else f"{flags} {flag}".strip()
 
 
 def worker_env(name: str, devices: Sequence[str], allow_tf32: bool,
@@ -364,9 +372,8 @@ def _flax_compile_env(env: dict[str, str], root: Path) -> None:
     # and DenseNet-121 (2x224x224): the gradient program compiles in 26 s / 32 s
     # instead of 57 s / 41 s, the forward ones in about half the time, and the compiled
     # gradient runs no slower (1.8 s vs 4.5 s, under load).
-    flags = env.get("XLA_FLAGS", "")
-    if "xla_llvm_disable_expensive_passes" not in flags:
-        env["XLA_FLAGS"] = (flags + " --xla_llvm_disable_expensive_passes=true").strip()
+    env["XLA_FLAGS"] = with_xla_flag(env.get("XLA_FLAGS", ""),
+                                     "--xla_llvm_disable_expensive_passes=true")
 
 
 def run_worker(
@@ -394,8 +401,8 @@ def run_worker(
     run = RunFolder(run_dir)
     run.create()
     label = phase + shard
-    log = run.worker_log(backend.name, label)
-    stale = [run.worker_events(backend.name, label)]
+    log, events = run.worker_log(backend.name, label), run.worker_events(backend.name, label)
+    stale = [events]
     if not shard:
         stale.append(run.worker_missing(backend.name))
     for f in stale:
@@ -403,7 +410,6 @@ def run_worker(
     out = WorkerOutcome(backend.name, phase, "ok", python=python, log=str(log))
     if not python or not Path(python).exists():
         return _no_interpreter(backend, python, out)
-    events = run.worker_events(backend.name, label)
     cmd = _worker_command(backend, python, run, case_dirs, phase, devices, sources, allow_tf32,
                           events)
     env = worker_env(backend.name, devices, allow_tf32, root, threads)
