@@ -8,6 +8,9 @@ return) through :func:`in_model_dtype`, so float64 models work in any process,
 beside float32 ones, which run exactly as they would without it. (jit caches are
 keyed on the x64 mode: functions traced under it never serve a float32 call, or
 the other way round.) The model file itself knows nothing of this.
+
+The same boundary traces with :func:`._tracing.quick_tracer_probes` (JAX 0.10's
+quadratic ``Tracer.sharding`` probe, which Flax's variable writes trigger).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 import jax
 import numpy as np
 from flax.typing import Dtype
+
+from ._tracing import quick_tracer_probes
 
 if TYPE_CHECKING:
     from .densenet import DenseNet
@@ -44,11 +49,12 @@ def in_model_dtype(
     fn: Callable[Concatenate[DenseNet, _P], _R],
 ) -> Callable[Concatenate[DenseNet, _P], _R]:
     """Run ``fn(model, ...)`` with JAX's 64-bit mode on when ``model`` is float64
-    (its ``dtype`` or ``param_dtype``), as it is otherwise for a float32 model."""
+    (its ``dtype`` or ``param_dtype``), as it is otherwise for a float32 model, and
+    with :func:`~._tracing.quick_tracer_probes` (for the first call's tracing)."""
 
     @functools.wraps(fn)
     def wrapper(model: DenseNet, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        with x64_scope(needs_x64(model.dtype, model.param_dtype)):
+        with x64_scope(needs_x64(model.dtype, model.param_dtype)), quick_tracer_probes():
             return fn(model, *args, **kwargs)
 
     return wrapper

@@ -47,6 +47,7 @@ from ..layouts import nchw_to_nhwc, nhwc_to_nchw
 from ..outputs import ForwardOutput, GradOutput
 from ..params import init_params
 from ..spec import DenseNetSpec, InputError, check_input_dtype, check_input_shape, check_labels
+from ._tracing import quick_tracer_probes
 from ._x64 import in_model_dtype, needs_x64, x64_scope
 from .convert import export_canonical, load_canonical, model_device, variables
 from .densenet import DenseNet
@@ -110,7 +111,7 @@ def _new_model(spec: DenseNetSpec, params: dict[str, np.ndarray], *, device: Any
     eager NNX initialisers compile one XLA kernel per parameter shape, which costs
     ~30 s for DenseNet-BC-100 on two CPU cores, for values that are replaced anyway."""
     dev = resolve_device(device)
-    with x64_scope(needs_x64(dtype)):
+    with x64_scope(needs_x64(dtype)), quick_tracer_probes():
         graphdef, abstract_state = _abstract_model(spec, dtype, memory_efficient)
         # copy=True: fresh Variables, never shared with the cached state or another model
         model = nnx.merge(graphdef, abstract_state, copy=True)
@@ -336,7 +337,8 @@ def _train_step(model: DenseNet, optimizer: nnx.Optimizer, x: jax.Array,
     buffers donated to the new ones (no second copy of the state). ``jax.jit`` of the
     split state rather than ``nnx.jit``: the same program, less Python per call."""
     graphdef, state = nnx.split((model, optimizer))
-    loss, state = _fused_step(graphdef, state, x, labels)
+    with quick_tracer_probes():  # the first call traces
+        loss, state = _fused_step(graphdef, state, x, labels)
     nnx.update((model, optimizer), state)
     return loss
 
