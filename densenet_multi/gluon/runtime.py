@@ -12,8 +12,8 @@ recording/training flags are scoped. Two MXNet 1.9 facts shape the module:
   :class:`~densenet_multi.gluon.layers.TwoPassBatchNorm` computes precise
   two-pass statistics imperatively and updates in the forward pass, by the
   same rule; hybridized, it is the operator.) :func:`run` with ``train=True``
-  therefore runs one backward pass (w.r.t. the input only, with a zero head
-  gradient, so no parameter gradient buffer is touched), which covers both,
+  therefore runs one backward pass where the operator runs (w.r.t. the input
+  only, with a zero head gradient, so no parameter gradient buffer is touched),
   and converts the update to the canonical (PyTorch) convention with
   :func:`densenet_multi.batchnorm.canonical_running_var`: ``run`` returns
   exactly the statistics PyTorch's train-mode forward would leave, and puts
@@ -228,6 +228,20 @@ def _backward_done(net: DenseNet) -> None:
         nd.waitall()
 
 
+def _statistics_in_backward(net: DenseNet) -> bool:
+    """Whether a train-mode forward of ``net`` leaves its running statistics to the
+    backward pass: MXNet's BatchNorm operator updates them there, and it runs wherever a
+    part is hybridized (a cached graph) and in a memory-efficient network's
+    recomputations. Otherwise every BN is a
+    :class:`~densenet_multi.gluon.layers.TwoPassBatchNorm` running
+    imperatively, which updates them in the forward pass, and :func:`run` skips the
+    backward pass (most of a train-mode ``run``'s time: MXNet differentiates the
+    two-pass formula with slow broadcast reductions)."""
+    hybridized: list[bool] = []
+    net.apply(lambda block: hybridized.append(bool(getattr(block, "_active", False))))
+    return net.memory_efficient or any(hybridized)
+
+
 def _mean_cross_entropy(logits: nd.NDArray, labels: nd.NDArray) -> nd.NDArray:
     return gluon.loss.SoftmaxCrossEntropyLoss()(logits, labels).mean()
 
@@ -238,11 +252,14 @@ def run(net: DenseNet, x: Any, *, train: bool = False) -> ForwardOutput:
     """Forward an NCHW numpy batch; logits and every stage (``spec.stage_names``), NCHW numpy.
 
     Eval mode uses the running statistics. Train mode (``autograd.record(train_mode=True)``)
-    normalises with batch statistics; because MXNet 1.9 updates the running
-    statistics only in the backward pass and with the biased variance, one
-    backward pass is run (gradient w.r.t. the input only, zero head gradient:
-    no parameter or gradient buffer changes) and the running variances are then
-    converted to PyTorch's unbiased update: ``running`` holds the canonical
+    normalises with batch statistics. MXNet 1.9's BatchNorm operator updates the
+    running statistics only in the backward pass, so where it runs (a hybridized or
+    memory-efficient network: :func:`_statistics_in_backward`) one backward pass is
+    run (gradient w.r.t. the input only, zero head gradient: no parameter or gradient
+    buffer changes); imperatively,
+    :class:`~densenet_multi.gluon.layers.TwoPassBatchNorm` updates them in the
+    forward pass. Either update uses the biased variance: the running variances are
+    then converted to PyTorch's unbiased update: ``running`` holds the canonical
     statistics a PyTorch train-mode forward would leave, ``extras["mxnet_running"]``
     MXNet's own. The model's running statistics are then put back: ``run``
     never changes the model. Bad input raises :class:`~densenet_multi.spec.InputError`.
@@ -254,13 +271,17 @@ def run(net: DenseNet, x: Any, *, train: bool = False) -> ForwardOutput:
         out = {k: v.asnumpy() for k, v in stages.items()}
         return ForwardOutput(logits=out["logits"], stages=out)
     before = _running_snapshot(net)
-    xd.attach_grad()
     try:
-        with autograd.record(train_mode=True):
-            stages = net.forward_stages(xd)
-        logits = stages["logits"]
-        autograd.grad(logits, [xd], head_grads=nd.zeros_like(logits), train_mode=True)
-        _backward_done(net)
+        if _statistics_in_backward(net):
+            xd.attach_grad()
+            with autograd.record(train_mode=True):
+                stages = net.forward_stages(xd)
+            logits = stages["logits"]
+            autograd.grad(logits, [xd], head_grads=nd.zeros_like(logits), train_mode=True)
+            _backward_done(net)
+        else:  # TwoPassBatchNorm updates them in the forward pass: nothing to record
+            with autograd.train_mode():
+                stages = net.forward_stages(xd)
         native = _running_snapshot(net)
         running = _canonical_running(net, before, xd.shape)
     finally:

@@ -86,6 +86,22 @@ def test_train_mode_and_running_stats_match_reference(case_cache, name, hybridiz
     assert any(not np.array_equal(native[k], out.running[k]) for k in var_names)
 
 
+@pytest.mark.parametrize("hybridize", [False, True], ids=["imperative", "hybridized"])
+def test_train_mode_runs_a_backward_pass_only_where_the_operator_runs(monkeypatch, hybridize):
+    """run(train=True) needs a backward pass where MXNet's BN operator keeps the running
+    statistics (hybridized) and skips it imperatively (TwoPassBatchNorm updates them in
+    the forward pass); the statistics themselves are checked in both modes above."""
+    spec = get_spec("densenet40_k12", block_config=(2, 2, 2))
+    net = build(spec, hybridize=hybridize)
+    calls = []
+    grad = G.runtime.autograd.grad
+    monkeypatch.setattr(G.runtime.autograd, "grad",
+                        lambda *a, **k: calls.append(1) or grad(*a, **k))
+    out = run(net, batch(spec, 8, n=2, seed=1), train=True)
+    assert len(calls) == (1 if hybridize else 0)
+    assert out.running and all(np.all(np.isfinite(v)) for v in out.running.values())
+
+
 @pytest.mark.parametrize("name", PRESETS)
 def test_hybridized_equals_imperative(case_cache, name):
     spec, params = case_cache(name)
