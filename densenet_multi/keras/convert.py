@@ -92,10 +92,10 @@ def to_numpy(value: Any) -> np.ndarray:
 
 
 def ensure_built(model: DenseNet) -> None:
-    """Create the model's variables if it has none yet: Keras creates them on the first
-    call, so trace one on a symbolic batch of any size (as Keras builds a layer itself)."""
+    """Create the model's variables if it has none yet, for a batch of any size: every
+    part builds its children from the spec's widths (``DenseNet.build``), nothing is traced."""
     if not model.built:
-        model(keras.KerasTensor((None, None, None, model.spec.in_channels)))
+        model.build((None, None, None, model.spec.in_channels))
 
 
 def canonical_variables(model: DenseNet) -> dict[str, keras.Variable]:

@@ -13,11 +13,14 @@ Written against the backend-agnostic ``keras`` API only (``keras.layers``,
 ``keras.ops``), channels-last (NHWC activations, HWIO kernels), so the same
 code runs under ``KERAS_BACKEND=tensorflow`` and ``KERAS_BACKEND=jax``. Layer
 names are the canonical (torchvision) ones, so variable paths read
-``densenet121/denseblock1/denselayer1/norm1/gamma``. Keras creates every
-weight when a layer is first called (or traced) and infers its input width
-then; ``in_channels`` is what a layer must be called with. Every width comes
-from the spec (``channel_plan``, ``block_plan``) and every kernel, stride and
-padding from its :class:`~densenet_multi.spec.ConvGeometry`.
+``densenet121/denseblock1/denselayer1/norm1/gamma``. Every width comes from
+the spec (``channel_plan``, ``block_plan``) and every kernel, stride and
+padding from its :class:`~densenet_multi.spec.ConvGeometry`. Keras creates a
+layer's weights in ``build(input_shape)``, before its first call: each part
+builds its children with the widths it was made for (``in_channels``, what it
+must be called with), so ``model.build((None, None, None, 3))`` creates every
+weight without tracing ``call`` (a DenseNet-121 is 120 convolutions: tracing it
+takes seconds), and a wrong width is refused with a ValueError instead.
 
 Every part takes Keras's own keyword arguments (``name``, ``dtype``: a dtype
 name or a ``keras.DTypePolicy``, default the global policy) and passes its
@@ -76,6 +79,19 @@ def _conv(spec: DenseNetSpec, filters: int, geometry: ConvGeometry, name: str,
 # --8<-- [end:norm_conv]
 
 
+def _check_width(layer: layers.Layer, shape: tuple[int | None, ...], in_channels: int) -> None:
+    # Weights built for another width would only fail later, in a matmul or a checkpoint.
+    if len(shape) != 4 or shape[-1] != in_channels:
+        raise ValueError(f"{layer.name} ({type(layer).__name__}) takes NHWC maps of "
+                         f"{in_channels} channels, shape (batch, height, width, {in_channels}); "
+                         f"got input shape {tuple(shape)}")
+
+
+def _is_shape(shape: Any) -> bool:
+    """A shape (a tuple of ints and Nones), not a list of shapes."""
+    return all(d is None or isinstance(d, int) for d in shape)
+
+
 def _recomputed_unit(units: list[tuple[layers.BatchNormalization, layers.Conv2D]],
                      features: list[Any]) -> Any:
     """Concatenation -> every BN (batch statistics) -> ReLU -> conv of a dense layer,
@@ -117,10 +133,16 @@ class ConvBlock(layers.Layer):
     def __init__(self, spec: DenseNetSpec, in_channels: int, out_channels: int,
                  geometry: ConvGeometry, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # Keras infers the input width when it builds the layer: checked at every call.
+        # Checked at every call, as build checks the shape it is given.
         self.input_spec = layers.InputSpec(ndim=4, axes={-1: in_channels})
+        self.in_channels = in_channels
         self.norm = _batch_norm(spec, "norm", self.dtype_policy)
         self.conv = _conv(spec, out_channels, geometry, "conv", self.dtype_policy)
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        _check_width(self, input_shape, self.in_channels)
+        self.norm.build(input_shape)
+        self.conv.build(input_shape)  # BN keeps the shape
 
     def call(self, x: Any, training: bool | None = None) -> Any:
         # ops.relu, not a ReLU child: no weights, nothing to name.
@@ -143,8 +165,8 @@ class DenseLayer(layers.Layer):
     def __init__(self, spec: DenseNetSpec, in_channels: int, *, memory_efficient: bool = False,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # in_channels is not needed here: Keras infers each width when it builds the layer
-        # (an InputSpec cannot describe a list of any length).
+        # Checked by build only: an InputSpec cannot describe a list of any length.
+        self.in_channels = in_channels
         k, width, dtype = spec.growth_rate, spec.bottleneck_channels, self.dtype_policy
         # Flat children, not nested ConvBlocks: these ARE the canonical names
         # (torchvision's norm1/conv1/norm2/conv2; norm/conv for a plain layer).
@@ -161,11 +183,25 @@ class DenseLayer(layers.Layer):
                         if spec.drop_rate > 0 else None)
         self.memory_efficient = memory_efficient
 
+    def _units(self) -> list[tuple[layers.BatchNormalization, layers.Conv2D]]:
+        return ([(self.norm1, self.conv1), (self.norm2, self.conv2)] if self.has_bottleneck
+                else [(self.norm, self.conv)])
+
+    def build(self, features_shape: Any) -> None:
+        # Keras passes the shape of each map of the list (or of the one tensor); the
+        # layer sees their concatenation.
+        shapes = [features_shape] if _is_shape(features_shape) else list(features_shape)
+        shape = (*shapes[0][:-1], sum(s[-1] for s in shapes))
+        _check_width(self, shape, self.in_channels)
+        for norm, conv in self._units():
+            norm.build(shape)
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)  # the bottleneck's width (Keras's formula)
+
     def call(self, features: Any, training: bool | None = None) -> Any:
         # A list, so that the concatenation happens inside the recomputed part.
         features = list(features) if isinstance(features, (list, tuple)) else [features]
-        units = ([(self.norm1, self.conv1), (self.norm2, self.conv2)] if self.has_bottleneck
-                 else [(self.norm, self.conv)])
+        units = self._units()
         # The whole layer is recomputed, not only the concatenation and the first unit
         # (efficient_densenet_pytorch, torchvision): that still stored 2 x 4k maps per
         # bottleneck layer (the second BN's input, which its non-fused gradient reads,
@@ -175,10 +211,10 @@ class DenseLayer(layers.Layer):
         # net of import and build 44% (2711 -> 1515 MiB, three interleaved bench probe rounds:
         # -41 to -47%; the rest is memory the allocator holds, not live tensors), at 1.2x the
         # CPU time per step.
-        # Only in training (inference stores nothing; a frozen BN uses its moving
-        # statistics) and once built: Keras creates the weights it reads by tracing
-        # call() once.
-        if self.memory_efficient and training and self.built and all(n.trainable for n, _ in units):
+        # Only in training: inference stores nothing, and a frozen BN uses its moving
+        # statistics. (build() has created the weights it reads: Keras builds a layer
+        # before its first call.)
+        if self.memory_efficient and training and all(n.trainable for n, _ in units):
             y = _recomputed_unit(units, features)
         else:
             norm, conv = units[0]
@@ -203,12 +239,19 @@ class DenseBlock(layers.Layer):
                  memory_efficient: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         plan = spec.block_plan(in_channels, num_layers)
+        self.in_channels = in_channels
         # A list (a Layer is no dict): the layers are named denselayer1, ... instead.
         self.denselayers = [
             DenseLayer(spec, width, memory_efficient=memory_efficient, name=f"denselayer{i}",
                        dtype=self.dtype_policy)
             for i, width in enumerate(plan.layer_in_channels, start=1)
         ]
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        _check_width(self, input_shape, self.in_channels)
+        # Layer i sees the block input and i - 1 new maps: one shape of their width will do.
+        for layer in self.denselayers:
+            layer.build((*input_shape[:-1], layer.in_channels))
 
     def call(self, x: Any, training: bool | None = None) -> Any:
         features = [x]
@@ -301,6 +344,24 @@ class DenseNet(keras.Model):
         x = ops.mean(x, axis=(1, 2))
         return x if pre_logits else self.classifier(x)
     # --8<-- [end:head]
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        # Each part with the width the spec gives it; spatial sizes are left unknown (any
+        # input size works, and only the channel axis shapes a weight).
+        spec, plan = self.spec, self.spec.channel_plan
+        _check_width(self, input_shape, spec.in_channels)
+
+        def maps(channels: int) -> tuple[int | None, ...]:
+            return (input_shape[0], None, None, channels)
+
+        widths = {"conv0": spec.in_channels, "norm0": plan.stem_channels,
+                  "norm5": plan.final_channels}
+        widths |= {f"denseblock{bp.index}": bp.in_channels for bp in plan.blocks}
+        widths |= {f"transition{tp.index}": tp.in_channels for tp in plan.transitions}
+        for part in self.features:
+            if part.name in widths:  # the others (padding, ReLU, pooling) have no weights
+                part.build(maps(widths[part.name]))
+        self.classifier.build((input_shape[0], plan.final_channels))
 
     def call(self, x: Any, training: bool | None = None) -> Any:
         return self.forward_head(self.forward_features(x, training=training))

@@ -83,11 +83,15 @@ FRAMEWORK_DIFFERENCES: dict[str, Framework] = {
     "keras": Framework(
         call="call",
         init_var_keyword=True,
-        extra_methods={"DenseNet": frozenset({"get_config", "from_config"})},
+        extra_methods={"ConvBlock": frozenset({"build"}), "DenseLayer": frozenset({"build"}),
+                       "DenseBlock": frozenset({"build"}),
+                       "DenseNet": frozenset({"build", "get_config", "from_config"})},
         why="keras.layers.Layer: call(x, training=None); **kwargs carries name/dtype to "
             "Layer; the model serialises the spec once in get_config/from_config (.keras "
-            "files); Keras infers weight shapes on the first call, so in_channels becomes an "
-            "InputSpec (unused by DenseLayer, whose input is a list); a Layer is not a dict, "
+            "files); Keras creates weights in build(input_shape), so the parts build their "
+            "children from the spec's widths instead of tracing call (Transition inherits "
+            "ConvBlock's), and in_channels is also an InputSpec checked at every call (not "
+            "DenseLayer's, whose input is a list); a Layer is not a dict, "
             "so DenseBlock keeps its layers in a tracked list (Keras names denselayerN); the "
             "stride-2 stem pads explicitly (pad0, pool0_pad: 'same' pads (2, 3) there)",
     ),
