@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .compare import compare_run
     from .report import baseline_fields, exit_status, render_terminal, write_reports
 
-    ccs = compare_run(result)
+    ccs = compare_run(result, jobs=args.jobs)
     names = [b.name for b in backends]
     cmp = _against_baseline(baseline, baseline_fields(ccs, result.outcomes, names), cases, names)
     code = exit_status(ccs, result.outcomes, require_all=args.require_all, baseline=cmp)

@@ -9,6 +9,7 @@ import pytest
 from parity_helpers import TINY_BC, TINY_IMAGENET, cell, fake, run
 
 from densenet_multi.parity.cases import DEFAULT_CASES, Case
+from densenet_multi.parity.compare import compare_run
 from densenet_multi.parity.runner import (
     THREAD_VARS,
     BackendTarget,
@@ -109,6 +110,13 @@ def test_a_sharded_backend_runs_every_case_and_is_compared_like_one_worker(tmp_p
     for pair in ("autograd->good", "good->autograd", "autograd~good"):
         check = "eval" if "~" in pair else "copy"
         assert cell(ccs["a"], check, pair).status == "pass", pair
+
+
+def test_cases_compared_in_processes_equal_those_compared_in_one(tmp_path):
+    result, _ = run(tmp_path, CASES, [fake("autograd"), fake("good")])
+    one, two = compare_run(result), compare_run(result, jobs=2)
+    assert [cc.case.name for cc in two] == [c.name for c in CASES]
+    assert len(two[0].cells) > 10 and repr(two) == repr(one)
 
 
 @pytest.mark.parametrize("backend, status", [("crash", "crashed"),
