@@ -270,6 +270,13 @@ class RunFolder:
     def create(self) -> None:
         self.workers.mkdir(parents=True, exist_ok=True)
 
+    def clear_workers(self) -> None:
+        """Remove an earlier run's worker logs and events (another run's plan names its
+        workers differently: ``flax.main`` or ``flax.main-1``, ``flax.main-2``)."""
+        if self.workers.is_dir():
+            shutil.rmtree(self.workers)
+        self.create()
+
     def case(self, dirname: str) -> CaseFolder:
         return CaseFolder(self.path / dirname)
 

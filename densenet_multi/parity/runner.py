@@ -212,7 +212,7 @@ def prepare_run(run_dir: Path, cases: Sequence[Case], *, reference: bool = True
     and, with ``reference``, its float64 NumPy reference (:mod:`.oracle`)."""
     check_unique_names(cases)
     run = RunFolder(run_dir)
-    run.create()
+    run.clear_workers()
     dirs: dict[str, Path] = {}
     for case, folder in zip(cases, run.new_cases(c.name for c in cases), strict=True):
         folder.write_case(case, make_weights(case), make_inputs(case))

@@ -113,7 +113,12 @@ def test_a_sharded_backend_runs_every_case_and_is_compared_like_one_worker(tmp_p
 
 
 def test_cases_compared_in_processes_equal_those_compared_in_one(tmp_path):
+    # an earlier run's workers, named by another plan, are not left beside this run's
+    stale = tmp_path / "run" / "_workers" / "autograd.main-2.events.jsonl"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}\n")
     result, _ = run(tmp_path, CASES, [fake("autograd"), fake("good")])
+    assert not stale.exists() and (stale.parent / "autograd.main.events.jsonl").exists()
     one, two = compare_run(result), compare_run(result, jobs=2)
     assert [cc.case.name for cc in two] == [c.name for c in CASES]
     assert len(two[0].cells) > 10 and repr(two) == repr(one)
