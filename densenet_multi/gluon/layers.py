@@ -46,11 +46,18 @@ class TwoPassBatchNorm(nn.BatchNorm):
     ``nn.BatchNorm``'s (``gamma``, ``beta``, ``running_mean``, ``running_var``).
     """
 
-    def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
+    def updates_in_forward(self) -> bool:
+        """Whether this layer's train-mode forward, run imperatively on an NCHW batch,
+        takes the two-pass path and updates its running statistics itself (batch
+        statistics, a trainable gamma, channels on axis 1); otherwise MXNet's operator
+        runs, which updates them in the backward pass (as it does in a cached graph)."""
         kw = self._kwargs
-        if (F is not nd or not autograd.is_training() or kw["use_global_stats"]
-                or kw["fix_gamma"] or kw["axis"] != 1 or x.ndim != 4):
+        return not kw["use_global_stats"] and not kw["fix_gamma"] and kw["axis"] == 1
+
+    def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
+        if F is not nd or not autograd.is_training() or not self.updates_in_forward() or x.ndim != 4:
             return super().hybrid_forward(F, x, gamma, beta, running_mean, running_var)
+        kw = self._kwargs
         mean = F.mean(x, axis=(0, 2, 3), keepdims=True)
         centered = F.broadcast_sub(x, mean)
         var = F.mean(F.square(centered), axis=(0, 2, 3), keepdims=True)  # biased, two-pass

@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon, nd
+from mxnet.gluon import nn
 
 from .. import checkpoint
 from ..backend import check_model_dtype
@@ -47,6 +48,7 @@ from ..params import init_params, module_table
 from ..spec import DenseNetSpec, check_input_dtype, check_input_shape, check_labels
 from .convert import export_canonical, gluon_param, load_canonical, resolve
 from .densenet import DenseNet
+from .layers import TwoPassBatchNorm
 
 __all__ = ["legacy_mode", "in_legacy_mode", "build", "run", "gradients", "train_steps",
            "devices", "context_of", "dtype_of", "save_checkpoint", "load_checkpoint"]
@@ -231,15 +233,18 @@ def _backward_done(net: DenseNet) -> None:
 def _statistics_in_backward(net: DenseNet) -> bool:
     """Whether a train-mode forward of ``net`` leaves its running statistics to the
     backward pass: MXNet's BatchNorm operator updates them there, and it runs wherever a
-    part is hybridized (a cached graph) and in a memory-efficient network's
-    recomputations. Otherwise every BN is a
-    :class:`~densenet_multi.gluon.layers.TwoPassBatchNorm` running
-    imperatively, which updates them in the forward pass, and :func:`run` skips the
-    backward pass (most of a train-mode ``run``'s time: MXNet differentiates the
-    two-pass formula with slow broadcast reductions)."""
-    hybridized: list[bool] = []
-    net.apply(lambda block: hybridized.append(bool(getattr(block, "_active", False))))
-    return net.memory_efficient or any(hybridized)
+    part is hybridized (a cached graph), in a memory-efficient network's
+    recomputations and in any BN that is not a
+    :class:`~densenet_multi.gluon.layers.TwoPassBatchNorm` on its two-pass path
+    (:meth:`~densenet_multi.gluon.layers.TwoPassBatchNorm.updates_in_forward`).
+    Otherwise :func:`run` skips the backward pass (most of a train-mode ``run``'s
+    time: MXNet differentiates the two-pass formula with slow broadcast reductions)."""
+    operator: list[bool] = []
+    net.apply(lambda block: operator.append(
+        bool(getattr(block, "_active", False))
+        or (isinstance(block, nn.BatchNorm)
+            and not (isinstance(block, TwoPassBatchNorm) and block.updates_in_forward()))))
+    return net.memory_efficient or any(operator)
 
 
 def _mean_cross_entropy(logits: nd.NDArray, labels: nd.NDArray) -> nd.NDArray:

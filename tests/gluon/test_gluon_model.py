@@ -86,20 +86,28 @@ def test_train_mode_and_running_stats_match_reference(case_cache, name, hybridiz
     assert any(not np.array_equal(native[k], out.running[k]) for k in var_names)
 
 
-@pytest.mark.parametrize("hybridize", [False, True], ids=["imperative", "hybridized"])
-def test_train_mode_runs_a_backward_pass_only_where_the_operator_runs(monkeypatch, hybridize):
+@pytest.mark.parametrize("variant", ["imperative", "hybridized", "operator_bn"])
+def test_train_mode_runs_a_backward_pass_only_where_the_operator_runs(monkeypatch, variant):
     """run(train=True) needs a backward pass where MXNet's BN operator keeps the running
-    statistics (hybridized) and skips it imperatively (TwoPassBatchNorm updates them in
-    the forward pass); the statistics themselves are checked in both modes above."""
+    statistics (a hybridized net; a BN off the two-pass path, here one with fix_gamma)
+    and skips it where every BN is TwoPassBatchNorm run imperatively (it updates them in
+    the forward pass). Either way every BN's statistics move."""
     spec = get_spec("densenet40_k12", block_config=(2, 2, 2))
-    net = build(spec, hybridize=hybridize)
+    net = build(spec, hybridize=variant == "hybridized")
+    if variant == "operator_bn":
+        norms = []
+        net.apply(lambda b: norms.append(b) if isinstance(b, TwoPassBatchNorm) else None)
+        norms[0]._kwargs["fix_gamma"] = True  # gamma is 1 at build: the same function
+    before = export_canonical(net)
     calls = []
     grad = G.runtime.autograd.grad
     monkeypatch.setattr(G.runtime.autograd, "grad",
                         lambda *a, **k: calls.append(1) or grad(*a, **k))
     out = run(net, batch(spec, 8, n=2, seed=1), train=True)
-    assert len(calls) == (1 if hybridize else 0)
-    assert out.running and all(np.all(np.isfinite(v)) for v in out.running.values())
+    assert len(calls) == (0 if variant == "imperative" else 1)
+    moved = {k: not np.array_equal(v, before[k]) for k, v in out.extras["mxnet_running"].items()
+             if k.endswith("running_mean")}
+    assert len(moved) == 2 * 3 + 2 + 1 and all(moved.values()), moved  # layers, transitions, norm5
 
 
 @pytest.mark.parametrize("name", PRESETS)
