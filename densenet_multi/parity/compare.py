@@ -48,6 +48,8 @@ within :data:`ILL_FACTOR` times that spread; otherwise it is FAIL.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import combinations, permutations
 from pathlib import Path
@@ -650,14 +652,13 @@ def compare_run(result: Any, jobs: int = 1) -> list[CaseComparison]:
     if jobs > 1 and len(work) > 1:
         try:
             return _compare_in_processes(work, min(jobs, len(work)))
-        except (OSError, ImportError, NotImplementedError):  # pragma: no cover - no processes
-            pass
+        except (OSError, ImportError, NotImplementedError, BrokenProcessPool):
+            pass  # no processes here, or one was killed (memory): compare in this one
     return [compare_case(*w) for w in work]
 
 
 def _compare_in_processes(work: list[tuple[Any, ...]], jobs: int) -> list[CaseComparison]:
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a threaded parent
     with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:

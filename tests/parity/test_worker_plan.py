@@ -8,6 +8,7 @@ import os
 import pytest
 from parity_helpers import TINY_BC, TINY_IMAGENET, cell, fake, run
 
+from densenet_multi.parity import compare
 from densenet_multi.parity.cases import DEFAULT_CASES, Case
 from densenet_multi.parity.compare import compare_run
 from densenet_multi.parity.runner import (
@@ -112,14 +113,18 @@ def test_a_sharded_backend_runs_every_case_and_is_compared_like_one_worker(tmp_p
         assert cell(ccs["a"], check, pair).status == "pass", pair
 
 
-def test_cases_compared_in_processes_equal_those_compared_in_one(tmp_path):
+def test_cases_compared_in_processes_equal_those_compared_in_one(tmp_path, monkeypatch):
     # an earlier run's workers, named by another plan, are not left beside this run's
     stale = tmp_path / "run" / "_workers" / "autograd.main-2.events.jsonl"
     stale.parent.mkdir(parents=True)
     stale.write_text("{}\n")
     result, _ = run(tmp_path, CASES, [fake("autograd"), fake("good")])
     assert not stale.exists() and (stale.parent / "autograd.main.events.jsonl").exists()
+    in_processes = []  # the process pool answered (compare_run falls back to one process)
+    monkeypatch.setattr(compare, "_compare_in_processes",
+                        lambda *a, f=compare._compare_in_processes: in_processes.append(1) or f(*a))
     one, two = compare_run(result), compare_run(result, jobs=2)
+    assert in_processes == [1]
     assert [cc.case.name for cc in two] == [c.name for c in CASES]
     assert len(two[0].cells) > 10 and repr(two) == repr(one)
 
