@@ -256,8 +256,8 @@ def _mean_cross_entropy(logits: nd.NDArray, labels: nd.NDArray) -> nd.NDArray:
 def run(net: DenseNet, x: Any, *, train: bool = False) -> ForwardOutput:
     """Forward an NCHW numpy batch; logits and every stage (``spec.stage_names``), NCHW numpy.
 
-    Eval mode uses the running statistics. Train mode (``autograd.record(train_mode=True)``)
-    normalises with batch statistics. MXNet 1.9's BatchNorm operator updates the
+    Eval mode uses the running statistics. Train mode (autograd's train mode) normalises
+    with batch statistics. MXNet 1.9's BatchNorm operator updates the
     running statistics only in the backward pass, so where it runs (a hybridized or
     memory-efficient network: :func:`_statistics_in_backward`) one backward pass is
     run (gradient w.r.t. the input only, zero head gradient: no parameter or gradient

@@ -47,6 +47,7 @@ within :data:`ILL_FACTOR` times that spread; otherwise it is FAIL.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -658,8 +659,6 @@ def compare_run(result: Any, jobs: int = 1) -> list[CaseComparison]:
 
 
 def _compare_in_processes(work: list[tuple[Any, ...]], jobs: int) -> list[CaseComparison]:
-    import multiprocessing
-
     ctx = multiprocessing.get_context("spawn")  # no fork of a threaded parent
     with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
         return list(pool.map(compare_case, *zip(*work, strict=True)))
