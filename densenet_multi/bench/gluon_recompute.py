@@ -243,7 +243,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         order = variants if r % 2 == 0 else variants[::-1]
         results = {v: _one(v, args) for v in order}
         rounds.append({v: results[v] for v in variants})
-    return {"gluon_recompute": 1, "command": " ".join(sys.argv),
+    return {"gluon_recompute": 1,
+            "command": " ".join(["python -m densenet_multi.bench.gluon_recompute", *sys.argv[1:]]),
             "machine": {"python": platform.python_version(), "machine": platform.machine(),
                         "system": platform.system(), "cpus": os.cpu_count()},
             "threads": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset")},

@@ -191,24 +191,15 @@ class DenseLayer(gluon.HybridBlock):
             # everything up to the 3x3 conv's input, so that per layer only that input
             # (4k channels) and the k new maps are kept. MXNet 1.9's autograd has no
             # checkpointing: Recomputed is one (an autograd.Function; layers.py).
-            # Measured, DenseNet-121 224x224 batch 16, hybridized, the bench probe's steady
-            # peak net of the build, 2 shared CPU cores: the forward pass stores 869 MiB
-            # instead of 2054 (-58%), but the step's peak is only 16-19% lower (2096-2167 MiB
-            # vs 2572), at 1.5-1.6x the CPU time per step. Most of the difference is MXNet's
-            # temporary space: each oneDNN operator asks its temp resource for twice the
-            # largest scratch any operator on its thread has needed (49 MiB here, so 98 MiB),
-            # and operators run outside one static graph take MXNET_CPU_TEMP_COPY's copies
-            # in turn, so every copy grows: 12 x 98 MiB held (gdb on mmap), where the default's
-            # one static graph holds about 40 MiB of it (2572 vs 2536 MiB with one copy). With
-            # MXNET_CPU_TEMP_COPY=1 in the environment (read at MXNet's first operator):
-            # -36/-37% (1625, 1597 MiB vs 2536, 2533). The time: the recomputation (+20%
-            # operator time), fresh buffers every step (up to 0.7 s/step of kernel page
-            # faults; none with the default's static_alloc), zeroed gradient buffers and
-            # their copies (+3%).
-            # MXNet's mirroring is no way out: CachedOp and autograd build their backward
-            # graphs with no mirror function (MXNET_BACKWARD_DO_MIRROR=1: 2572 MiB, as
-            # without); MXNet's symbolic executor mirrors, but even with every BatchNorm,
-            # Concat and ReLU forced (__force_mirroring__) it saves 12% (1994 MiB vs 2272).
+            # Measured, DenseNet-121 224x224 batch 16, hybridized, 2 cores (docs/bench/
+            # gluon-recompute.md, python -m densenet_multi.bench.gluon_recompute): the arrays
+            # alive at the step's peak fall 46%, the process's peak RSS 13-15% (what MXNet's
+            # pool and glibc keep of the recomputations' freed buffers, each layer's of its
+            # own sizes), at 1.41-1.56x the step time; below the project's target (-40% at
+            # <= 1.3x), and no MXNet 1.9 route reaches its time: the recomputed operators are
+            # 23-26% of the default step, leaving the cached graph costs 1.09-1.11x, a custom
+            # operator inside it 1.14x. CachedOp has no mirroring (MXNET_BACKWARD_DO_MIRROR=1
+            # changes nothing); the symbolic executor's forced mirroring saves 12%.
             y = self.recomputed(*maps)
         else:
             y = self._recomputed(F, _call, *maps)
