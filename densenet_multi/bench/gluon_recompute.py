@@ -34,7 +34,8 @@ totals of the recomputation's forward operators (what recomputing costs at the
 least). The summary gives each variant's step time and memory against ``default``'s
 from the same round (the ``*_unpooled`` ones against ``default_unpooled``'s), and
 ``floor``: ``custom``'s ratio plus the recomputed forward's share of the default step,
-the least a recomputation inside the graph could cost::
+an estimate of the least a recomputation inside the graph could cost (the operator
+totals come from another process than ``custom``'s, under the profiler)::
 
     python -m densenet_multi.bench.gluon_recompute --rounds 2 --out gluon_recompute.json
 """
@@ -164,8 +165,12 @@ def _recomputed_forward_ms(step: Any, steps: int) -> dict[str, float]:
     mx.profiler.set_state("stop")
     table = json.loads(mx.profiler.dumps(reset=True, format="json"))
     ops = table.get("Time", {}).get("Custom Operator", {})
-    return {name.lstrip(":"): round(v["Total"] / steps, 1) for name, v in ops.items()
-            if name.lstrip(":") in _FORWARD_OPS}
+    found = {name.lstrip(":"): round(v["Total"] / steps, 1) for name, v in ops.items()
+             if name.lstrip(":") in _FORWARD_OPS}
+    if "Convolution" not in found:  # the floor would silently leave out the recomputation
+        raise RuntimeError("MXNet's profiler: expected the recomputation's Convolution among the "
+                           f"custom-operator thread's operators, got {sorted(ops)}")
+    return found
 
 
 def measure(variant: str, spec: Any, *, batch: int, size: int, steps: int, warmup: int,
@@ -175,9 +180,10 @@ def measure(variant: str, spec: Any, *, batch: int, size: int, steps: int, warmu
     to rounding: the same network and updates), and for ``memory_efficient`` the
     recomputed forward operators' ms per step over ``profile`` more steps."""
     if variant.endswith("_unpooled") and any(os.environ.get(k) != v for k, v in UNPOOLED.items()):
-        raise ValueError(f"{variant}: expected a process started with {UNPOOLED} (read when "
-                         "the process and MXNet start), got "
-                         f"{ {k: os.environ.get(k) for k in UNPOOLED} }; run it with --variant")
+        settings = " ".join(f"{k}={v}" for k, v in UNPOOLED.items())
+        raise ValueError(f"{variant}: expected a process started with {settings} (read when the "
+                         f"process and MXNet start), got {({k: os.environ.get(k) for k in UNPOOLED})}; "
+                         "start it so, or run the module without --variant, which does")
     from mxnet import autograd, gluon, nd
 
     from ..gluon.runtime import legacy_mode
@@ -186,7 +192,6 @@ def measure(variant: str, spec: Any, *, batch: int, size: int, steps: int, warmu
                            "steps": steps, "warmup": warmup}
     net = build(variant, spec)
     nd.waitall()
-    probe.trim_allocator()
     out["rss_build_mib"] = round(probe.peak_rss_mib(), 1)
     rng = np.random.Generator(np.random.PCG64(0))
     x = nd.array(rng.standard_normal((batch, spec.in_channels, size, size)).astype(np.float32))
@@ -218,16 +223,23 @@ def measure(variant: str, spec: Any, *, batch: int, size: int, steps: int, warmu
                               if steady else None)
     if variant.startswith("memory_efficient") and profile:
         out["recomputed_forward_ms"] = _recomputed_forward_ms(step, profile)
+    out["threads"] = probe._threads_env()
+    out["versions"] = probe._versions(["numpy", "mxnet"])
     return out
 
 
 def _one(variant: str, args: argparse.Namespace) -> dict[str, Any]:
-    """One variant in a fresh process (the module run with ``--variant``): its JSON line."""
+    """One variant in a fresh process (the module run with ``--variant``): its JSON line.
+    A process past ``args.timeout`` seconds (a deadlocked recomputation) is an error."""
     cmd = [sys.executable, "-m", "densenet_multi.bench.gluon_recompute", "--variant", variant,
            "--preset", args.preset, "--size", str(args.size), "--batch", str(args.batch),
            "--steps", str(args.steps), "--warmup", str(args.warmup)]
     env = {**os.environ, **(UNPOOLED if variant.endswith("_unpooled") else {})}
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env,
+                              timeout=args.timeout)
+    except subprocess.TimeoutExpired as e:
+        raise RuntimeError(f"{variant}: no result within {args.timeout} s") from e
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith('{"variant"')]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"{variant}: exit {done.returncode}; {done.stderr.strip()[-2000:]}")
@@ -254,7 +266,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def summary(rounds: Sequence[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """Per round and variant: step seconds, its ratio to ``default``'s, the timed steps'
     peak RSS net of the build and its change from ``default``'s (``*_unpooled``: from
-    ``default_unpooled``'s); per round the floor
+    ``default_unpooled``'s); per round the estimated floor
     (``custom``'s ratio plus the recomputed forward's share of the default step)."""
     rows = []
     for i, results in enumerate(rounds, start=1):
@@ -301,6 +313,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per variant process")
     p.add_argument("--no-unpooled", dest="unpooled", action="store_false",
                    help="leave out the *_unpooled variants (slow: page faults)")
     p.add_argument("--out", type=Path, help="write the results as JSON (atomically)")

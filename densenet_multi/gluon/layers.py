@@ -241,16 +241,20 @@ class _Recomputation(autograd.Function):
         with autograd.record(train_mode=self.train_mode):
             y = self.graph(*inputs, *values)
         y.backward(dy, train_mode=self.train_mode)
-        # copyto / elemwise_add(out=), not igrad[:] = ...: NDArray's indexing costs 0.4 ms
-        # of Python a call (0.3 s a step for DenseNet-121's 825 gradients)
+        # copyto, not igrad[:] = ...: NDArray's indexing costs 0.4 ms of Python a call (0.3 s
+        # a step for DenseNet-121's 825 gradients). The copy writes the plain layout; an
+        # 'add' adds such a copy (the sum's inputs both plain), not the buffer itself.
         for igrad, grad, req in zip(grads, buffers, reqs, strict=True):
             if req in (1, 2):  # write, in place
                 grad.copyto(igrad)
             elif req == 3:  # add
-                nd.elemwise_add(igrad, grad, out=igrad)
+                nd.elemwise_add(igrad, grad.copyto(grad.context), out=igrad)
         # Wait for them before returning: MXNet 1.9 runs this method on its custom-operator
         # thread and treats the node as finished once it has returned; without this wait
         # the gradients read from that pass were wrong (up to 1e18, different from run to
         # run) in about half of the runs of a two-convolution test.
         for g in buffers:
             g.wait_to_read()
+        for g, req in zip(grads, reqs, strict=True):
+            if req:
+                g.wait_to_read()

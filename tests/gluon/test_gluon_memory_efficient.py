@@ -155,3 +155,37 @@ def test_plain_gluon_training_loop_hybridized():
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "same" in res.stdout
+
+
+def test_inputs_whose_gradients_accumulate(monkeypatch):
+    """Leaf inputs with grad_req 'add' feeding a recomputed layer directly: MXNet asks the
+    recomputation for req 'add', and two backward passes must sum into them as into the
+    default layer's (float32 and hybridized: oneDNN's layouts are in play)."""
+    reqs = []
+    real = layers._Recomputation.backward_into
+
+    def spy(self, dy, *, grads, reqs_):
+        reqs.extend(reqs_)
+        real(self, dy, grads=grads, reqs=reqs_)
+
+    monkeypatch.setattr(layers._Recomputation, "backward_into",
+                        lambda self, dy, *, grads, reqs: spy(self, dy, grads=grads, reqs_=reqs))
+    spec = SPECS["bottleneck"]
+    rng = np.random.default_rng(5)
+    # denselayer2 of block 1 at 32x32: the stem's 32 maps (8x8) and denselayer1's 16
+    xs = [rng.standard_normal((N, c, 8, 8)).astype(np.float32) for c in (32, 16)]
+    w = mx.nd.array(rng.standard_normal((N, 16, 8, 8)).astype(np.float32))
+    grads = {}
+    with legacy_mode():
+        for name, net in zip(("plain", "eff"), _pair(spec, "float32", True), strict=True):
+            leaves = [mx.nd.array(x) for x in xs]
+            for v in leaves:
+                v.attach_grad(grad_req="add")
+            for _ in range(2):
+                with mx.autograd.record():
+                    loss = (net.features.denseblock1.denselayer2(*leaves) * w).sum()
+                loss.backward()
+            mx.nd.waitall()
+            grads[name] = {f"input{i}": v.grad.asnumpy() for i, v in enumerate(leaves)}
+    assert 3 in reqs  # the add path ran
+    assert_all_close(grads["eff"], grads["plain"], "grad", "float32")
