@@ -193,12 +193,12 @@ class DenseLayer(gluon.HybridBlock):
             # checkpointing: Recomputed is one (an autograd.Function; layers.py).
             # Measured, DenseNet-121 224x224 batch 16, hybridized, 2 cores (docs/bench/
             # gluon-recompute.md, python -m densenet_multi.bench.gluon_recompute): the arrays
-            # alive at the step's peak fall 46%, the process's peak RSS 13-15% (what MXNet's
+            # alive at the step's peak fall 46%, the process's peak RSS 13-22% (what MXNet's
             # pool and glibc keep of the recomputations' freed buffers, each layer's of its
-            # own sizes), at 1.41-1.56x the step time; below the project's target (-40% at
+            # own sizes), at 1.41-1.57x the step time; below the project's target (-40% at
             # <= 1.3x), and no MXNet 1.9 route is estimated to reach its time: the recomputed
-            # operators are 23-26% of the default step, leaving the cached graph costs
-            # 1.09-1.11x, a custom operator inside it 1.14x. CachedOp has no mirroring
+            # operators are 23-27% of the default step, leaving the cached graph costs
+            # 1.09-1.12x, a custom operator inside it 1.14-1.15x. CachedOp has no mirroring
             # (MXNET_BACKWARD_DO_MIRROR=1: 0% and -3.5% in two runs); the symbolic executor's
             # forced mirroring saves 12%.
             y = self.recomputed(*maps)
