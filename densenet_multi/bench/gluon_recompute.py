@@ -240,10 +240,10 @@ def _one(variant: str, args: argparse.Namespace) -> dict[str, Any]:
                               timeout=args.timeout)
     except subprocess.TimeoutExpired as e:
         raise RuntimeError(f"{variant}: no result within {args.timeout} s") from e
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith('{"variant"')]
-    if done.returncode != 0 or not lines:
+    record = probe.parse_line(done.stdout, prefix='{"variant"')
+    if done.returncode != 0 or record is None:
         raise RuntimeError(f"{variant}: exit {done.returncode}; {done.stderr.strip()[-2000:]}")
-    return json.loads(lines[-1])
+    return record
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

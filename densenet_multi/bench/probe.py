@@ -461,10 +461,11 @@ def _device_name(backend: str) -> str:
     return str(jax.devices("gpu")[0].device_kind)
 
 
-def parse_line(text: str) -> dict[str, Any] | None:
-    """The last probe line in a probe's stdout (None if there is none)."""
+def parse_line(text: str, prefix: str = '{"probe":') -> dict[str, Any] | None:
+    """The last JSON line starting with ``prefix`` (a probe's by default) in a process's
+    stdout (None if there is none)."""
     for line in reversed(text.splitlines()):
-        if line.startswith('{"probe":'):
+        if line.startswith(prefix):
             return json.loads(line)
     return None
 

@@ -7,10 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("mxnet")
-
-from densenet_multi.bench import gluon_recompute as gr  # noqa: E402
-from densenet_multi.spec import get_spec  # noqa: E402
+from densenet_multi.bench import gluon_recompute as gr
+from densenet_multi.spec import get_spec
 
 SPEC = get_spec("densenet121", block_config=(2, 3), growth_rate=8, num_init_features=16,
                 num_classes=10)
